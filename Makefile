@@ -1,0 +1,45 @@
+# The two set-up commands are `make run` and `make test`; everything else is a convenience.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test install tools down status logs lint fmt bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]'
+	touch $(STAMP)
+
+install: tools $(STAMP)
+
+# Java 17 and Maven run the local Kafka broker; install them when a machine lacks them.
+tools:
+	@command -v java >/dev/null && command -v mvn >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q openjdk-17-jre-headless maven; }
+
+run: install
+	$(BIN)/mibo-ingest dev up
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+down:
+	$(BIN)/mibo-ingest dev down
+
+status:
+	$(BIN)/mibo-ingest dev status
+
+logs:
+	$(BIN)/mibo-ingest dev logs
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .

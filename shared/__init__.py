@@ -1,0 +1,1 @@
+"""Code used by more than one mibo-ingest service: contracts, settings, plumbing."""

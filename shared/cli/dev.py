@@ -1,0 +1,76 @@
+"""``mibo-ingest dev up | down | status | logs``: the local stack (see shared.devstack.stack)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from shared.devstack.stack import Stack
+
+
+def _stack(args: argparse.Namespace) -> Stack:
+    return Stack(Path(args.dir))
+
+
+def up(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    stack.up(services=not args.no_services)
+    print()
+    print(f"environment written to {stack.env_file}  (load it with: . {stack.env_file})")
+    print(f"POST traces to {stack.ingest_url}/public/traces")
+    return 0
+
+
+def down(args: argparse.Namespace) -> int:
+    _stack(args).down()
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    rows = _stack(args).status()
+    width = max(len(r[0]) for r in rows)
+    for name, state, where in rows:
+        print(f"{name:<{width}}  {state:<18}  {where}")
+    return 0
+
+
+def logs(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    for line in stack.follow(args.component, lines=args.lines):
+        print(line)
+    if not args.follow:
+        return 0
+    files = {n: p for n, p in stack.logfiles().items() if not args.component or n in args.component}
+    offsets = {n: (p.stat().st_size if p.exists() else 0) for n, p in files.items()}
+    while True:
+        for name, path in files.items():
+            if not path.exists():
+                continue
+            with open(path, errors="replace") as fh:
+                fh.seek(offsets[name])
+                for line in fh:
+                    print(f"{name:<15} {line.rstrip()}", flush=True)
+                offsets[name] = fh.tell()
+        time.sleep(0.5)
+
+
+def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    dev = groups.add_parser("dev", help="the local stack: Kafka, PostgreSQL and the services")
+    dev.add_argument(
+        "--dir",
+        default=os.environ.get("MIBO_DEVSTACK_DIR", ".devstack"),
+        help="state folder (default .devstack)",
+    )
+    sub = dev.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("up", help="start what is not running, wait until it answers, write .devstack/env")
+    p.add_argument("--no-services", action="store_true", help="only Kafka, PostgreSQL, migrations and topics")
+    p.set_defaults(handler=up)
+    sub.add_parser("down", help="stop everything `up` started").set_defaults(handler=down)
+    sub.add_parser("status", help="what runs where").set_defaults(handler=status)
+    p = sub.add_parser("logs", help="show (and follow) the components' logs")
+    p.add_argument("component", nargs="*", help="kafka, postgres, ingest_api, router_worker, storage_worker")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--lines", type=int, default=50)
+    p.set_defaults(handler=logs)

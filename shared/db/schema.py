@@ -1,0 +1,140 @@
+"""The schema as SQLAlchemy Core tables: what Alembic migrations create and queries are built on.
+
+Platform routing identifiers are unique within (project, type) — SPEC §2 — by partial unique
+indexes, so a platform without an identifier does not collide with another one. ``api_keys``
+stores only the keyed hash and the last four characters; ``restricted`` is explicit so a key whose
+scoped platforms were all deleted stays restricted (to nothing) instead of silently widening.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+PLATFORM_TYPES = ("n8n", "flowise", "http_api", "custom")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _now() -> Column:  # type: ignore[type-arg]
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("name", Text, nullable=False),
+    _now(),
+    UniqueConstraint("name"),
+)
+
+platforms = Table(
+    "platforms",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("project_id", UUID(as_uuid=True), ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("workflow_id", Text),
+    Column("chatflow_id", Text),
+    _now(),
+    UniqueConstraint("project_id", "name"),
+    CheckConstraint(f"type IN ({', '.join(repr(t) for t in PLATFORM_TYPES)})", name="type"),
+    CheckConstraint("workflow_id IS NULL OR type = 'n8n'", name="workflow_id_n8n"),
+    CheckConstraint("chatflow_id IS NULL OR type = 'flowise'", name="chatflow_id_flowise"),
+    Index(
+        "uq_platforms_project_type_workflow", "project_id", "type", "workflow_id",
+        unique=True, postgresql_where=text("workflow_id IS NOT NULL"),
+    ),
+    Index(
+        "uq_platforms_project_type_chatflow", "project_id", "type", "chatflow_id",
+        unique=True, postgresql_where=text("chatflow_id IS NOT NULL"),
+    ),
+)  # fmt: skip
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", Text, nullable=False),
+    Column("key_hash", LargeBinary, nullable=False),
+    Column("last4", String(4), nullable=False),
+    Column("restricted", Boolean, nullable=False, server_default=text("false")),
+    _now(),
+    Column("last_used_at", DateTime(timezone=True)),
+    UniqueConstraint("key_hash"),
+    Index("ix_api_keys_project_id", "project_id"),
+)
+
+api_key_platforms = Table(
+    "api_key_platforms",
+    metadata,
+    Column(
+        "api_key_id",
+        UUID(as_uuid=True),
+        ForeignKey("api_keys.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "platform_id",
+        UUID(as_uuid=True),
+        ForeignKey("platforms.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+)
+
+traces = Table(
+    "traces",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # No foreign keys to platforms or keys: a trace outlives a deleted platform or a revoked key.
+    Column("platform_id", UUID(as_uuid=True), nullable=False),
+    Column("api_key_id", UUID(as_uuid=True)),
+    Column("external_id", Text),
+    Column("body_shape", String(16), nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("metadata", JSONB),
+    Column("external_metadata", JSONB),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # NULL external ids are distinct: traces without x-request-id are unique by their id.
+    UniqueConstraint("project_id", "external_id"),
+    Index("ix_traces_project_platform_received", "project_id", "platform_id", "received_at"),
+)

@@ -1,0 +1,58 @@
+"""Session fixtures: the real broker and database (see tests/services.py), migrated and with a
+topic prefix of this run's own, so runs never read each other's messages."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+
+from shared.settings import Settings, libpq_url
+from tests.services import Services, provide
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    with provide() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def settings(services: Services) -> Settings:
+    from shared.db.migrate import upgrade
+
+    upgrade(services.database_url)
+    env = {
+        **os.environ,
+        "DATABASE_URL": services.database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap,
+        "KAFKA_TOPIC_PREFIX": f"t{uuid.uuid4().hex[:8]}.",
+        "KAFKA_TOPIC_PARTITIONS": "3",
+        "ADMIN_TOKEN": "test-admin-token",
+        "KEY_PEPPER": "test-pepper-" + uuid.uuid4().hex,
+    }
+    return Settings.from_env(env)
+
+
+@pytest.fixture(scope="session")
+async def topics(settings: Settings):  # type: ignore[no-untyped-def]
+    from shared.kafka import ensure_topics
+
+    return await ensure_topics(settings)
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(libpq_url(settings.database_url), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+async def adb(settings: Settings) -> AsyncIterator[psycopg.AsyncConnection]:
+    async with await psycopg.AsyncConnection.connect(
+        libpq_url(settings.database_url), autocommit=True
+    ) as conn:
+        yield conn
