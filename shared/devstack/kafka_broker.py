@@ -42,13 +42,13 @@ def ensure_jars(cache_dir: Path) -> Path:
         )
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    subprocess.run(
-        [
-            mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM), "dependency:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
-        ],
-        check=True,
-    )  # fmt: skip
+    argv = [
+        mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(POM), "dependency:copy-dependencies",
+        "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"Maven could not fetch the Kafka jars:\n{proc.stdout}\n{proc.stderr}")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     marker.write_text(kafka_version() + "\n")

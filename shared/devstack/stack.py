@@ -45,7 +45,10 @@ def free_port() -> int:
 
 
 def service_exists(name: str) -> bool:
-    return importlib.util.find_spec(f"{name}.__main__") is not None
+    try:
+        return importlib.util.find_spec(f"{name}.__main__") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 @dataclass
