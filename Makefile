@@ -36,6 +36,11 @@ status:
 logs:
 	$(BIN)/mibo-ingest dev logs
 
+# Benchmarks print ratios against a bare baseline measured in the same run (see bench/).
+bench: install
+	$(BIN)/mibo-ingest dev up --no-services
+	$(BIN)/python bench/ingest.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -3,25 +3,72 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
 from ingest_api import admin
-from ingest_api.context import DB_POOL, SETTINGS
-from ingest_api.responses import error_middleware
+from ingest_api.context import DB_POOL, ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
+from ingest_api.enqueue import Enqueuer
+from ingest_api.key_registry import KeyRegistry
+from ingest_api.metrics import IngestMetrics
+from ingest_api.openapi import openapi_document
+from ingest_api.responses import ERROR_CODE, error_middleware, json_response
+from ingest_api.traces import post_trace
 from shared.settings import Settings, libpq_url
+from shared.topics import Topics
 
 
 async def healthz(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = {
+        "kafka": request.app[ENQUEUER].ready,
+        "key_registry": request.app[KEY_REGISTRY].ready,
+        "key_listener": request.app[KEY_REGISTRY].listening,
+    }
+    ok = all(checks.values())
+    return json_response(
+        {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return json_response(openapi_document())
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    response = await handler(request)
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    request.app[METRICS].requests.labels(route, str(response.status), request.get(ERROR_CODE, "")).inc()
+    return response
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes + 1)
+    # The body is read by ingest_api.content with its own limit; aiohttp's is only a backstop.
+    app = web.Application(
+        middlewares=[count_requests, error_middleware], client_max_size=settings.max_body_bytes + 1
+    )
     app[SETTINGS] = settings
+    app[METRICS] = IngestMetrics()
     app.cleanup_ctx.append(_db_pool)
+    app.cleanup_ctx.append(_key_registry)
+    app.cleanup_ctx.append(_producer)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/public/traces", post_trace)
     admin.setup(app)
     return app
 
@@ -38,3 +85,22 @@ async def _db_pool(app: web.Application) -> AsyncIterator[None]:
     app[DB_POOL] = pool
     yield
     await pool.close()
+
+
+async def _key_registry(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    registry = KeyRegistry(libpq_url(settings.database_url), app[DB_POOL], settings.key_pepper)
+    app[METRICS].watch_registry(lambda: registry.size, registry.refresh_age, lambda: registry.db_lookups)
+    app[KEY_REGISTRY] = registry
+    await registry.start()
+    yield
+    await registry.stop()
+
+
+async def _producer(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    enqueuer = Enqueuer(settings, Topics.with_prefix(settings.kafka_topic_prefix).raw, app[METRICS])
+    app[ENQUEUER] = enqueuer
+    await enqueuer.start()
+    yield
+    await enqueuer.stop()

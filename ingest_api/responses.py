@@ -16,6 +16,8 @@ from aiohttp import web
 
 _encoder = msgspec.json.Encoder()
 
+ERROR_CODE = web.RequestKey("error_code", str)  # read by the request counter
+
 
 class Detail(msgspec.Struct, frozen=True):
     type: str
@@ -79,6 +81,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)
     except ApiError as err:
+        request[ERROR_CODE] = err.code
         return error_response(err)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -86,7 +89,9 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
             exc.status, "HTTP_ERROR"
         )
+        request[ERROR_CODE] = code
         return error_response(ApiError(exc.status, code, exc.reason))
     except Exception:
         structlog.get_logger().exception("unhandled error", path=request.path, method=request.method)
+        request[ERROR_CODE] = "INTERNAL_SERVER_ERROR"
         return error_response(ApiError(500, "INTERNAL_SERVER_ERROR", "Internal server error"))

@@ -39,6 +39,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("INGEST_HOST", "0.0.0.0", "Address the ingest API listens on."),
     Setting("INGEST_PORT", "8080", "Port the ingest API listens on."),
+    Setting(
+        "INGEST_WORKERS",
+        "1",
+        "Ingest processes sharing the port (SO_REUSEPORT); one per core is a good start.",
+    ),
     Setting("ADMIN_TOKEN", "", "Bearer token for `/admin/v1/*`. Empty: the admin API is off (404)."),
     Setting(
         "KEY_PEPPER",
@@ -68,6 +73,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_replication_factor: int
     ingest_host: str
     ingest_port: int
+    ingest_workers: int
     admin_token: str
     key_pepper: str
     max_body_bytes: int
@@ -80,9 +86,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if environ is None else environ
         raw = {s.env.lower(): env.get(s.env, s.default) for s in SETTINGS}
         try:
-            return msgspec.convert(raw, cls, strict=False)
+            settings = msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise SystemExit(f"invalid configuration: {exc}") from None
+        if not settings.key_pepper:
+            raise SystemExit(
+                "invalid configuration: KEY_PEPPER must not be empty (keys would be hashed unkeyed)"
+            )
+        return settings
 
     @property
     def sqlalchemy_url(self) -> str:

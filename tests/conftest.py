@@ -56,3 +56,35 @@ async def adb(settings: Settings) -> AsyncIterator[psycopg.AsyncConnection]:
         libpq_url(settings.database_url), autocommit=True
     ) as conn:
         yield conn
+
+
+@pytest.fixture(scope="session")
+async def tenant(settings: Settings, topics):  # type: ignore[no-untyped-def]
+    from tests.pipeline import make_tenant
+
+    return await make_tenant(settings)
+
+
+@pytest.fixture(scope="session")
+def service_logs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    return tmp_path_factory.mktemp("service-logs")
+
+
+@pytest.fixture(scope="session")
+def ingest(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
+    """``python -m ingest_api`` as a real process on a free port."""
+    from tests.pipeline import start_ingest
+
+    service = start_ingest(settings, service_logs)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+async def raw_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
+    from tests.pipeline import TopicTap
+
+    tap = TopicTap(settings, topics.raw)
+    await tap.start()
+    yield tap
+    await tap.stop()

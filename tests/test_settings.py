@@ -39,3 +39,8 @@ def test_database_url_forms() -> None:
 def test_readme_table_matches_settings() -> None:
     rows = re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \|", README.read_text(), flags=re.MULTILINE)
     assert dict(rows) == {s.env: s.default for s in SETTINGS}
+
+
+def test_empty_pepper_is_refused() -> None:
+    with pytest.raises(SystemExit, match="KEY_PEPPER"):
+        Settings.from_env({"KEY_PEPPER": ""})

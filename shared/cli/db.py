@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from shared.db import migrate
 from shared.settings import Settings
 
 
@@ -16,12 +15,16 @@ def _url() -> str:
 
 
 def upgrade(args: argparse.Namespace) -> int:
+    from shared.db import migrate  # alembic is slow to import: only the db commands pay for it
+
     migrate.upgrade(_url(), args.revision)
     print(f"database at {migrate.current(_url())}")
     return 0
 
 
 def current(args: argparse.Namespace) -> int:
+    from shared.db import migrate
+
     print(migrate.current(_url()) or "empty (no migrations applied)")
     return 0
 

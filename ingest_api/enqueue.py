@@ -1,0 +1,95 @@
+"""Produce to ``traces.raw`` and wait for Kafka's acknowledgement, or give up in time with 503.
+
+The producer starts in the background and retries until the broker answers, so the service comes
+up (and answers 503) even while Kafka is away. A 202 is only ever sent after an ack
+(``acks=all``, idempotent producer: see shared.kafka).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ingest_api.metrics import IngestMetrics
+from ingest_api.responses import ApiError, Detail
+from shared.kafka import make_producer
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+RETRY_AFTER_SECONDS = 5
+
+
+def unavailable(reason: str) -> ApiError:
+    return ApiError(
+        503,
+        "SERVICE_UNAVAILABLE",
+        "The trace could not be queued right now; retry later",
+        [Detail("unavailable", reason, "", "server")],
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+class Enqueuer:
+    def __init__(self, settings: Settings, topic: str, metrics: IngestMetrics) -> None:
+        self._settings = settings
+        self.topic = topic
+        self._metrics = metrics
+        self._producer: AIOKafkaProducer | None = None
+        self._starting: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._producer is not None
+
+    async def start(self) -> None:
+        self._starting = asyncio.create_task(self._start_producer(), name="producer-start")
+
+    async def _start_producer(self) -> None:
+        backoff = 0.5
+        while True:
+            producer = make_producer(self._settings)
+            try:
+                await producer.start()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                log.warning("kafka producer cannot start yet; retrying", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._producer = producer
+            log.info("kafka producer ready", topic=self.topic)
+            return
+
+    async def stop(self) -> None:
+        """Flush what is buffered (in-flight requests are still waiting on it), then close."""
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def send(self, key: bytes, value: bytes) -> None:
+        producer = self._producer
+        if producer is None:
+            raise unavailable("Kafka is not reachable yet")
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._settings.produce_timeout_seconds):
+                future = await producer.send(self.topic, value, key=key)
+                await future
+        except TimeoutError:
+            raise unavailable(
+                f"Kafka did not acknowledge within {self._settings.produce_timeout_seconds:g}s"
+            ) from None
+        except KafkaError as exc:
+            raise unavailable(f"Kafka refused the write: {type(exc).__name__}") from None
+        self._metrics.produce_latency.observe(time.perf_counter() - started)

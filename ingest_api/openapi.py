@@ -1,0 +1,396 @@
+"""``GET /openapi.json``: the whole public and admin API as an OpenAPI 3.1 document."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF + name}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+UUID = {"type": "string", "format": "uuid"}
+TIME = {"type": "string", "format": "date-time"}
+ADMIN_ERRORS = {
+    "400": _error("Invalid body or path parameter"),
+    "401": _error("Missing or wrong admin token"),
+    "404": _error("Not found, or the admin API is off (no ADMIN_TOKEN)"),
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Detail": {
+        "type": "object",
+        "required": ["type", "msg", "path", "location"],
+        "properties": {
+            "type": {"type": "string"},
+            "msg": {"type": "string"},
+            "path": {"type": "string"},
+            "location": {"type": "string", "enum": ["body", "header", "path", "query", "server"]},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["success", "timestamp", "error"],
+        "properties": {
+            "success": {"const": False},
+            "timestamp": TIME,
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "details"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "details": {"type": "array", "items": _ref("Detail")},
+                },
+            },
+        },
+    },
+    "Span": {
+        "type": "object",
+        "required": ["span_id", "name"],
+        "properties": {
+            "span_id": {"type": "string", "minLength": 1},
+            "name": {"type": "string", "minLength": 1},
+            "parent_span_id": {"type": ["string", "null"]},
+            "attributes": {"type": ["object", "null"]},
+            "start_time_unix_nano": {"type": ["string", "integer", "null"], "pattern": "^[0-9]{1,20}$"},
+            "end_time_unix_nano": {"type": ["string", "integer", "null"], "pattern": "^[0-9]{1,20}$"},
+            "status": {
+                "type": ["object", "null"],
+                "required": ["code"],
+                "properties": {
+                    "code": {"type": "integer", "enum": [0, 1, 2]},
+                    "message": {"type": ["string", "null"]},
+                },
+            },
+            "events": {"type": ["array", "null"]},
+        },
+    },
+    "TraceCommon": {
+        "type": "object",
+        "properties": {
+            "metadata": {
+                "type": ["object", "null"],
+                "description": "Routing hints: workflowId (n8n), chatflowId (Flowise), mibo.platform_id",
+            },
+            "externalMetadata": {"type": ["object", "null"]},
+            "platformId": {**UUID, "type": ["string", "null"]},
+        },
+    },
+    "TraceBody": {
+        "oneOf": [
+            {
+                "title": "canonical",
+                "allOf": [
+                    _ref("TraceCommon"),
+                    {
+                        "type": "object",
+                        "required": ["spans"],
+                        "properties": {"spans": {"type": "array", "minItems": 1, "items": _ref("Span")}},
+                    },
+                ],
+            },
+            {
+                "title": "legacy",
+                "allOf": [
+                    _ref("TraceCommon"),
+                    {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {"data": {"not": {"type": "null"}}},
+                    },
+                ],
+            },
+        ]
+    },
+    "Accepted": {
+        "type": "object",
+        "required": ["success", "message", "timestamp", "data"],
+        "properties": {
+            "success": {"const": True},
+            "message": {"type": "string"},
+            "timestamp": TIME,
+            "data": {
+                "type": "object",
+                "required": ["id", "status"],
+                "properties": {
+                    "id": UUID,
+                    "externalId": {"type": ["string", "null"]},
+                    "platformId": {**UUID, "type": ["string", "null"]},
+                    "status": {"const": "queued"},
+                    "createdAt": TIME,
+                },
+            },
+        },
+    },
+    "Project": {
+        "type": "object",
+        "required": ["id", "name", "created_at"],
+        "properties": {"id": UUID, "name": {"type": "string"}, "created_at": TIME},
+    },
+    "PlatformType": {"type": "string", "enum": ["n8n", "flowise", "http_api", "custom"]},
+    "Platform": {
+        "type": "object",
+        "required": ["id", "project_id", "name", "type", "workflow_id", "chatflow_id", "created_at"],
+        "properties": {
+            "id": UUID,
+            "project_id": UUID,
+            "name": {"type": "string"},
+            "type": _ref("PlatformType"),
+            "workflow_id": {"type": ["string", "null"]},
+            "chatflow_id": {"type": ["string", "null"]},
+            "created_at": TIME,
+        },
+    },
+    "PlatformRef": {
+        "type": "object",
+        "required": ["id", "name"],
+        "properties": {"id": UUID, "name": {"type": "string"}},
+    },
+    "KeyCommon": {
+        "type": "object",
+        "required": [
+            "id",
+            "project_id",
+            "name",
+            "masked",
+            "restricted",
+            "platform_ids",
+            "platforms",
+            "created_at",
+        ],
+        "properties": {
+            "id": UUID,
+            "project_id": UUID,
+            "name": {"type": "string"},
+            "masked": {"type": "string", "examples": ["mibo_...a1b2"]},
+            "restricted": {
+                "type": "boolean",
+                "description": "false: all platforms of the project; true: only platform_ids (possibly none left)",
+            },
+            "platform_ids": {"type": "array", "items": UUID},
+            "platforms": {"type": "array", "items": _ref("PlatformRef")},
+            "created_at": TIME,
+        },
+    },
+    "ApiKey": {
+        "allOf": [
+            _ref("KeyCommon"),
+            {
+                "type": "object",
+                "required": ["last_used_at"],
+                "properties": {"last_used_at": {"type": ["string", "null"], "format": "date-time"}},
+            },
+        ]
+    },
+    "CreatedKey": {
+        "allOf": [
+            _ref("KeyCommon"),
+            {
+                "type": "object",
+                "required": ["key"],
+                "properties": {"key": {"type": "string", "description": "the full key, returned only here"}},
+            },
+        ]
+    },
+}
+
+
+def _admin_paths() -> dict[str, Any]:
+    pid = {"name": "pid", "in": "path", "required": True, "schema": UUID}
+    item = {"name": "id", "in": "path", "required": True, "schema": UUID}
+    security = [{"adminToken": []}]
+    named = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+    platform_in = {
+        "type": "object",
+        "required": ["name", "type"],
+        "properties": {
+            "name": {"type": "string"},
+            "type": _ref("PlatformType"),
+            "workflow_id": {"type": ["string", "null"]},
+            "chatflow_id": {"type": ["string", "null"]},
+        },
+    }
+    platform_patch = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "workflow_id": {"type": ["string", "null"]},
+            "chatflow_id": {"type": ["string", "null"]},
+        },
+    }
+    key_in = {
+        "type": "object",
+        "required": ["name"],
+        "properties": {"name": {"type": "string"}, "platform_ids": {"type": "array", "items": UUID}},
+    }
+
+    def op(
+        summary: str, responses: dict[str, Any], body: dict[str, Any] | None = None, params=()
+    ) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        out: dict[str, Any] = {
+            "tags": ["admin"],
+            "summary": summary,
+            "security": security,
+            "responses": {**responses, **ADMIN_ERRORS},
+        }
+        if params:
+            out["parameters"] = list(params)
+        if body is not None:
+            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        return out
+
+    def listing(name: str) -> dict[str, Any]:
+        return _json({"type": "array", "items": _ref(name)}, f"All {name.lower()}s")
+
+    return {
+        "/admin/v1/projects": {
+            "post": op(
+                "Create a project",
+                {"201": _json(_ref("Project"), "Created"), "409": _error("Name taken")},
+                named,
+            ),
+            "get": op("List projects", {"200": listing("Project")}),
+        },
+        "/admin/v1/projects/{pid}/platforms": {
+            "post": op(
+                "Create a platform",
+                {"201": _json(_ref("Platform"), "Created"), "409": _error("Name or routing id taken")},
+                platform_in,
+                [pid],
+            ),
+            "get": op("List platforms", {"200": listing("Platform")}, params=[pid]),
+        },
+        "/admin/v1/projects/{pid}/platforms/{id}": {
+            "patch": op(
+                "Rename a platform or change its routing ids",
+                {"200": _json(_ref("Platform"), "Updated"), "409": _error("Name or routing id taken")},
+                platform_patch,
+                [pid, item],
+            ),
+            "delete": op("Delete a platform", {"204": {"description": "Deleted"}}, params=[pid, item]),
+        },
+        "/admin/v1/projects/{pid}/keys": {
+            "post": op(
+                "Create an API key (the full key is in this answer only)",
+                {"201": _json(_ref("CreatedKey"), "Created")},
+                key_in,
+                [pid],
+            ),
+            "get": op("List API keys (masked)", {"200": listing("ApiKey")}, params=[pid]),
+        },
+        "/admin/v1/projects/{pid}/keys/{id}": {
+            "delete": op(
+                "Revoke (permanently delete) an API key",
+                {"204": {"description": "Revoked"}},
+                params=[pid, item],
+            ),
+        },
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    public_headers = [
+        {
+            "name": "x-api-key",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^mibo_"},
+        },
+        {
+            "name": "x-request-id",
+            "in": "header",
+            "required": False,
+            "description": "External id: the trace is upserted by it within the project (last write wins)",
+            "schema": {"type": "string", "maxLength": 255},
+        },
+        {
+            "name": "Content-Encoding",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "enum": ["gzip", "zstd", "identity"]},
+        },
+    ]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mibo-ingest",
+            "version": "1",
+            "description": "Trace ingestion compatible with Mibo's public trace API, and its admin API.",
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "adminToken": {"type": "http", "scheme": "bearer"},
+            },
+        },
+        "paths": {
+            "/public/traces": {
+                "post": {
+                    "tags": ["public"],
+                    "summary": "Send one trace; answered 202 once Kafka acknowledged it",
+                    "security": [{"apiKey": []}],
+                    "parameters": public_headers,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": _ref("TraceBody")},
+                            "application/octet-stream": {
+                                "schema": {
+                                    "type": "string",
+                                    "format": "binary",
+                                    "description": "gzip of a TraceBody",
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "202": _json(_ref("Accepted"), "Queued: durable in Kafka"),
+                        "400": _error(
+                            "VALIDATION_ERROR: not JSON, wrong shape, bad UUID, conflicting platform ids"
+                        ),
+                        "401": _error("MISSING_API_KEY / INVALID_API_KEY"),
+                        "403": _error(
+                            "PLATFORM_NOT_ALLOWED: explicit platform outside a restricted key's scope"
+                        ),
+                        "413": _error("PAYLOAD_TOO_LARGE (limit applies after decompression)"),
+                        "415": _error("UNSUPPORTED_MEDIA_TYPE"),
+                        "503": {
+                            **_error("SERVICE_UNAVAILABLE: Kafka could not take the write in time"),
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        },
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "Alive"}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Kafka producer and key registry ready",
+                    "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "Text exposition format"}},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+            },
+            **_admin_paths(),
+        },
+    }

@@ -1,0 +1,98 @@
+"""``POST /public/traces``: authenticate → read → decode → validate → check scope → enqueue → 202.
+
+Each step is a function of its own module; this handler only reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import msgspec
+from aiohttp import web
+
+from ingest_api.auth import API_KEY_HEADER, authenticate, check_scope, known_platform
+from ingest_api.body import BodyInvalid, ParsedBody, parse_body
+from ingest_api.content import decode_content, read_limited
+from ingest_api.context import ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
+from ingest_api.responses import ApiError, Detail, success
+from shared.envelope import RawEnvelope, encode, message_key
+from shared.ids import uuid7
+from shared.management import KeyInfo
+
+EXTERNAL_ID_MAX = 255
+_EXTERNAL_ID = re.compile(r"^[\x20-\x7e]+$")
+
+
+def external_id_from(value: str | None) -> str | None:
+    """``x-request-id``: the trace's external id — printable ASCII, at most 255 characters."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if len(value) > EXTERNAL_ID_MAX or not _EXTERNAL_ID.match(value):
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            "Invalid x-request-id",
+            [
+                Detail(
+                    "value_error",
+                    f"x-request-id must be 1-{EXTERNAL_ID_MAX} printable ASCII characters",
+                    "x-request-id",
+                    "header",
+                )
+            ],
+        )
+    return value
+
+
+def build_envelope(key: KeyInfo, parsed: ParsedBody, body: bytes, external_id: str | None) -> RawEnvelope:
+    return RawEnvelope(
+        trace_id=uuid7(),
+        received_at=dt.datetime.now(dt.UTC),
+        project_id=key.project_id,
+        key_id=key.id,
+        key_restricted=key.restricted,
+        key_scope=sorted(key.platform_ids),
+        external_id=external_id,
+        shape=parsed.shape,
+        platform_id=parsed.platform_id,
+        hints=parsed.hints,
+        body=msgspec.Raw(body),
+    )
+
+
+async def post_trace(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS]
+    key = await authenticate(app[KEY_REGISTRY], request.headers.get(API_KEY_HEADER))
+    external_id = external_id_from(request.headers.get("x-request-id"))
+    raw = await read_limited(request, settings.max_body_bytes)
+    body = decode_content(
+        raw,
+        request.headers.get("Content-Type", ""),
+        request.headers.get("Content-Encoding", ""),
+        settings.max_body_bytes,
+    )
+    try:
+        parsed = parse_body(body)
+    except BodyInvalid as exc:
+        raise ApiError(400, "VALIDATION_ERROR", exc.message, exc.details) from None
+    check_scope(key, parsed.platform_id)
+    envelope = build_envelope(key, parsed, body, external_id)
+    await app[ENQUEUER].send(message_key(key.project_id, external_id, envelope.trace_id), encode(envelope))
+    metrics = app[METRICS]
+    metrics.accepted.inc()
+    metrics.accepted_bytes.inc(len(body))
+    platform = known_platform(key, parsed.platform_id)
+    return success(
+        {
+            "id": str(envelope.trace_id),
+            "externalId": external_id,
+            "platformId": str(platform) if platform else None,
+            "status": "queued",
+            "createdAt": envelope.received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        },
+        "Trace accepted",
+        status=202,
+    )

@@ -1,0 +1,61 @@
+"""The Kafka contract's message values (SPEC §4): versioned msgspec structs, encoded as JSON.
+
+``RawEnvelope`` is what the ingest API writes to ``traces.raw``: who sent the trace (project, key
+and the key's scope at ingest time), the explicit platform and metadata hints if any, and the
+request body itself, byte for byte (``msgspec.Raw``: embedded without re-encoding).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Literal
+
+import msgspec
+
+ENVELOPE_VERSION = 1
+
+BodyShape = Literal["spans", "data"]
+
+
+class Hints(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Routing hints taken from the body's ``metadata`` (SPEC §5 step 3)."""
+
+    workflow_id: str | None = None
+    chatflow_id: str | None = None
+
+
+class RawEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    v: int = ENVELOPE_VERSION
+    trace_id: uuid.UUID
+    received_at: dt.datetime
+    project_id: uuid.UUID
+    key_id: uuid.UUID
+    key_restricted: bool
+    key_scope: list[uuid.UUID]
+    external_id: str | None
+    shape: BodyShape
+    platform_id: uuid.UUID | None
+    hints: Hints
+    body: msgspec.Raw
+
+
+_encoder = msgspec.json.Encoder()
+_raw_decoder = msgspec.json.Decoder(RawEnvelope)
+
+
+def encode(envelope: msgspec.Struct) -> bytes:
+    return _encoder.encode(envelope)
+
+
+def decode_raw(value: bytes) -> RawEnvelope:
+    """Decode a ``traces.raw`` value; raises ``msgspec.DecodeError``/``ValidationError`` on poison."""
+    envelope = _raw_decoder.decode(value)
+    if envelope.v != ENVELOPE_VERSION:
+        raise msgspec.ValidationError(f"unsupported envelope version {envelope.v}")
+    return envelope
+
+
+def message_key(project_id: uuid.UUID, external_id: str | None, trace_id: uuid.UUID) -> bytes:
+    """``<project_id>:<external_id or trace id>``: versions of one trace share a partition."""
+    return f"{project_id}:{external_id if external_id is not None else trace_id}".encode()
