@@ -89,7 +89,12 @@ async def _db_pool(app: web.Application) -> AsyncIterator[None]:
 
 async def _key_registry(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    registry = KeyRegistry(libpq_url(settings.database_url), app[DB_POOL], settings.key_pepper)
+    registry = KeyRegistry(
+        libpq_url(settings.database_url),
+        app[DB_POOL],
+        settings.key_pepper,
+        refresh_interval=settings.registry_refresh_seconds,
+    )
     app[METRICS].watch_registry(lambda: registry.size, registry.refresh_age, lambda: registry.db_lookups)
     app[KEY_REGISTRY] = registry
     await registry.start()

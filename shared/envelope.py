@@ -40,8 +40,27 @@ class RawEnvelope(msgspec.Struct, frozen=True, kw_only=True):
     body: msgspec.Raw
 
 
+ResolvedBy = Literal["explicit", "single_candidate", "hint"]
+
+
+class RoutedEnvelope(RawEnvelope, frozen=True, kw_only=True):
+    """What the router writes to ``traces.routed``: the raw envelope plus its decision."""
+
+    routed_platform_id: uuid.UUID
+    resolved_by: ResolvedBy
+    routed_at: dt.datetime
+
+
+def routed(raw: RawEnvelope, platform_id: uuid.UUID, resolved_by: ResolvedBy) -> RoutedEnvelope:
+    fields = {name: getattr(raw, name) for name in raw.__struct_fields__}
+    return RoutedEnvelope(
+        **fields, routed_platform_id=platform_id, resolved_by=resolved_by, routed_at=dt.datetime.now(dt.UTC)
+    )
+
+
 _encoder = msgspec.json.Encoder()
 _raw_decoder = msgspec.json.Decoder(RawEnvelope)
+_routed_decoder = msgspec.json.Decoder(RoutedEnvelope)
 
 
 def encode(envelope: msgspec.Struct) -> bytes:
@@ -51,6 +70,14 @@ def encode(envelope: msgspec.Struct) -> bytes:
 def decode_raw(value: bytes) -> RawEnvelope:
     """Decode a ``traces.raw`` value; raises ``msgspec.DecodeError``/``ValidationError`` on poison."""
     envelope = _raw_decoder.decode(value)
+    if envelope.v != ENVELOPE_VERSION:
+        raise msgspec.ValidationError(f"unsupported envelope version {envelope.v}")
+    return envelope
+
+
+def decode_routed(value: bytes) -> RoutedEnvelope:
+    """Decode a ``traces.routed`` value; raises ``msgspec.DecodeError``/``ValidationError`` on poison."""
+    envelope = _routed_decoder.decode(value)
     if envelope.v != ENVELOPE_VERSION:
         raise msgspec.ValidationError(f"unsupported envelope version {envelope.v}")
     return envelope

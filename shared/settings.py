@@ -56,6 +56,19 @@ SETTINGS: tuple[Setting, ...] = (
         "5",
         "How long the ingest API waits for Kafka's acknowledgement before answering 503.",
     ),
+    Setting("METRICS_HOST", "0.0.0.0", "Address the workers' `/metrics` and `/healthz` listen on."),
+    Setting("ROUTER_METRICS_PORT", "9101", "Router worker's metrics port (0: off)."),
+    Setting("STORAGE_METRICS_PORT", "9102", "Storage worker's metrics port (0: off)."),
+    Setting("ROUTER_BATCH_MAX", "500", "Most records the router takes per batch."),
+    Setting("STORAGE_BATCH_MAX", "500", "Most records the storage worker writes per database transaction."),
+    Setting(
+        "LAST_USED_FLUSH_SECONDS", "2", "How often the storage worker writes keys' coalesced `last_used_at`."
+    ),
+    Setting(
+        "REGISTRY_REFRESH_SECONDS",
+        "30",
+        "Backstop full reload of the in-memory key/platform registries (NOTIFY does the rest).",
+    ),
     Setting(
         "LOG_FORMAT",
         "auto",
@@ -78,6 +91,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     key_pepper: str
     max_body_bytes: int
     produce_timeout_seconds: float
+    metrics_host: str
+    router_metrics_port: int
+    storage_metrics_port: int
+    router_batch_max: int
+    storage_batch_max: int
+    last_used_flush_seconds: float
+    registry_refresh_seconds: float
     log_format: str
     log_level: str
 

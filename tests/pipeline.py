@@ -132,6 +132,48 @@ def start_ingest(settings: Settings, log_dir: Path, *, ready: bool = True, **ext
     raise AssertionError(f"ingest not ready:\n{log.read_text()[-3000:]}")
 
 
+def start_worker(module: str, settings: Settings, log_dir: Path, **extra: str) -> Service:
+    """``python -m <module>`` (router_worker, storage_worker) as a real process; ready when its
+    metrics server's /healthz answers 200 (its consumer joined the group)."""
+    port = free_port()
+    port_setting = {"router_worker": "ROUTER_METRICS_PORT", "storage_worker": "STORAGE_METRICS_PORT"}[module]
+    env = service_env(settings, METRICS_HOST="127.0.0.1", **{port_setting: str(port)}, **extra)
+    log = log_dir / f"{module}-{port}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)
+    service = Service(proc, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{module} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(service.url + "/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return service
+        except OSError:
+            pass
+        time.sleep(0.2)
+    service.stop()
+    raise AssertionError(f"{module} not ready:\n{log.read_text()[-3000:]}")
+
+
+def metric_value(service: Service, name: str, **labels: str) -> float:
+    """Sum of a Prometheus metric's samples whose labels include ``labels``."""
+    with urllib.request.urlopen(service.url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, label_text = head.partition("{")
+        if metric != name:
+            continue
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 class TopicTap:
     """Reads a topic from the beginning in the background and indexes records by key."""
 

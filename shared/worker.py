@@ -1,0 +1,136 @@
+"""The consume → work → commit loop both workers share, and their small metrics server.
+
+``run_batches`` takes records in batches (``getmany``), hands each batch to the worker's step, and
+commits the batch's offsets only after that step returned — i.e. after its outputs are durable
+(Kafka acks for the router, a database commit for storage). A step that raises is retried with the
+same records and a capped backoff; offsets never move past work that was not done. SIGTERM ends
+the loop between batches: the batch in hand is finished and committed first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+log = structlog.get_logger(__name__)
+
+Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+Step = Callable[[Batch], Awaitable[None]]
+Client = TypeVar("Client", AIOKafkaConsumer, AIOKafkaProducer)
+
+
+def stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def lag_gauge(registry: CollectorRegistry, prefix: str) -> Gauge:
+    return Gauge(
+        f"{prefix}_consumer_lag", "Records behind the partition's end", ["partition"], registry=registry
+    )
+
+
+async def _record_lag(consumer: AIOKafkaConsumer, gauge: Gauge) -> None:
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        with contextlib.suppress(IllegalStateError):
+            gauge.labels(str(tp.partition)).set(max(0, highwater - await consumer.position(tp)))
+
+
+async def run_batches(
+    consumer: AIOKafkaConsumer,
+    step: Step,
+    stop: asyncio.Event,
+    *,
+    max_records: int = 500,
+    lag: Gauge | None = None,
+    name: str = "worker",
+) -> None:
+    backoff = 0.2
+    while not stop.is_set():
+        batch: Batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
+        if not batch:
+            if lag is not None:
+                await _record_lag(consumer, lag)
+            continue
+        while True:  # the same records until the step succeeds: nothing is skipped
+            try:
+                await step(batch)
+                backoff = 0.2
+                break
+            except Exception as exc:
+                log.warning(f"{name} step failed; retrying the same batch", error=repr(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance took the partitions away: their new owner re-reads from the last commit
+            # (at-least-once; storage is idempotent).
+            log.warning(f"{name} commit failed; records will be re-delivered", error=repr(exc))
+        if lag is not None:
+            await _record_lag(consumer, lag)
+
+
+@contextlib.asynccontextmanager
+async def metrics_server(
+    registry: CollectorRegistry, host: str, port: int, ready: Callable[[], bool]
+) -> AsyncIterator[None]:
+    """``/metrics`` and ``/healthz`` on ``host:port`` (port 0: none)."""
+    if port == 0:
+        yield
+        return
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok = ready()
+        return web.json_response({"status": "ok" if ok else "starting"}, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_port=True).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def start_with_retry(factory: Callable[[], Client], what: str, stop: asyncio.Event) -> Client | None:
+    """A started aiokafka client, retrying (with a fresh client) while the broker is away;
+    None when ``stop`` was set first."""
+    backoff = 0.5
+    while not stop.is_set():
+        client = factory()
+        try:
+            await client.start()
+            return client
+        except Exception as exc:
+            log.warning(f"{what} cannot start yet; retrying", error=repr(exc), retry_in=backoff)
+            with contextlib.suppress(Exception):
+                await client.stop()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff):
+                    await stop.wait()
+            backoff = min(backoff * 2, 10.0)
+    return None
