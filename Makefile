@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml
 
 install: tools $(STAMP)
 
-# Java 17 and Maven run the local Kafka broker; install them when a machine lacks them.
+# Java 17 and Maven run the local Kafka broker, kcat reads topics in tests and the runbook;
+# installed from Debian's packages when a machine lacks them.
 tools:
-	@command -v java >/dev/null && command -v mvn >/dev/null || \
-	  { apt-get update -q && apt-get install -y -q openjdk-17-jre-headless maven; }
+	@command -v java >/dev/null && command -v mvn >/dev/null && command -v kcat >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q openjdk-17-jdk-headless maven kcat; }
 
 run: install
 	$(BIN)/mibo-ingest dev up

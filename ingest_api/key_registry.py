@@ -3,7 +3,7 @@
 - Every key (hash → KeyInfo) is loaded at start-up and kept current by PostgreSQL ``NOTIFY`` on
   ``mibo_registry`` (emitted by triggers in the same transaction as the change): a revoked key is
   dropped the moment its notification arrives, then the whole registry is reloaded.
-- A periodic full reload is the backstop for missed notifications; the listener reconnects by
+- shared.change_feed does the listening: a periodic full reload backstops missed notifications, the listener reconnects by
   itself and reloads after every (re)connect, so nothing changed while it was away is missed.
 - A miss may be a key created a moment ago whose notification is still in flight, so misses may
   ask the database — but only through a negative cache and a global token bucket: a flood of
@@ -13,17 +13,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
 import uuid
 
-import psycopg
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
+from shared.change_feed import ChangeFeed
 from shared.keys import hash_key, is_well_formed
-from shared.management import REGISTRY_CHANNEL, KeyInfo, fetch_key, load_key_registry
+from shared.management import KeyInfo, fetch_key, load_key_registry
 
 log = structlog.get_logger(__name__)
 
@@ -54,10 +52,11 @@ class KeyRegistry:
         negative_ttl: float = 5.0,
         miss_lookups_per_second: float = 20.0,
     ) -> None:
-        self._dsn = dsn
         self._pool = pool
         self._pepper = pepper
-        self._refresh_interval = refresh_interval
+        self._feed = ChangeFeed(
+            dsn, self.reload, on_change=self._apply, refresh_interval=refresh_interval, name="key registry"
+        )
         self._negative_ttl = negative_ttl
         self._misses = TokenBucket(miss_lookups_per_second, miss_lookups_per_second)
         self._keys: dict[bytes, KeyInfo] = {}
@@ -65,26 +64,19 @@ class KeyRegistry:
         # Revoked ids, kept so a reload that read its snapshot before the revoke cannot revive them.
         self._revoked: dict[uuid.UUID, float] = {}
         self._inflight: dict[bytes, asyncio.Future[KeyInfo | None]] = {}
-        self._reload_wanted = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self.loaded_at: float | None = None  # monotonic time of the last full load
-        self.listening = False
         self.db_lookups = 0
 
     # -- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._listen(), name="key-registry-listen"),
-            asyncio.create_task(self._reloader(), name="key-registry-reload"),
-        ]
-        self._reload_wanted.set()
+        await self._feed.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._feed.stop()
+
+    @property
+    def listening(self) -> bool:
+        return self._feed.listening
 
     @property
     def ready(self) -> bool:
@@ -142,20 +134,15 @@ class KeyRegistry:
         self._negative[digest] = now + self._negative_ttl
 
     # -- keeping current -------------------------------------------------------------------------
-    def _apply(self, payload: str) -> None:
-        """A change notification: drop a deleted key at once, then reload everything."""
-        try:
-            change = json.loads(payload)
-        except ValueError:
-            change = {}
+    def _apply(self, change: dict[str, object]) -> None:
+        """A change notification: drop a deleted key at once (the reload follows)."""
         if change.get("table") == "api_keys" and change.get("op") == "DELETE" and change.get("id"):
-            revoked = uuid.UUID(change["id"])
+            revoked = uuid.UUID(str(change["id"]))
             self._revoked[revoked] = time.monotonic()
             self._keys = {d: k for d, k in self._keys.items() if k.id != revoked}
             log.info("key revoked", key_id=str(revoked))
         if change.get("table") in ("api_keys", "api_key_platforms", None):
             self._negative.clear()
-        self._reload_wanted.set()
 
     async def reload(self) -> None:
         async with self._pool.connection(timeout=10.0) as conn:
@@ -165,41 +152,3 @@ class KeyRegistry:
         self._keys = {d: k for d, k in keys.items() if k.id not in self._revoked}
         self._negative.clear()
         self.loaded_at = time.monotonic()
-
-    async def _reloader(self) -> None:
-        backoff = 0.5
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._refresh_interval):
-                    await self._reload_wanted.wait()
-            self._reload_wanted.clear()
-            try:
-                await self.reload()
-                backoff = 0.5
-            except Exception as exc:
-                log.warning("key registry reload failed; retrying", error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-                self._reload_wanted.set()
-
-    async def _listen(self) -> None:
-        backoff = 0.5
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {REGISTRY_CHANNEL}")
-                    self.listening = True
-                    backoff = 0.5
-                    self._reload_wanted.set()  # catch up on what changed while we were away
-                    async for notify in conn.notifies():
-                        self._apply(notify.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "registry listener lost its connection; reconnecting", error=str(exc), retry_in=backoff
-                )
-            finally:
-                self.listening = False
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)

@@ -88,3 +88,33 @@ async def raw_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
     await tap.start()
     yield tap
     await tap.stop()
+
+
+@pytest.fixture(scope="session")
+def router(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
+    """``python -m router_worker`` as a real process (consumer group of this session's topics)."""
+    from tests.pipeline import start_worker
+
+    service = start_worker("router_worker", settings, service_logs)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+async def routed_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
+    from tests.pipeline import TopicTap
+
+    tap = TopicTap(settings, topics.routed)
+    await tap.start()
+    yield tap
+    await tap.stop()
+
+
+@pytest.fixture(scope="session")
+async def dlq_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
+    from tests.pipeline import TopicTap
+
+    tap = TopicTap(settings, topics.dlq)
+    await tap.start()
+    yield tap
+    await tap.stop()

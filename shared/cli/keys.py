@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from shared import management
-from shared.cli.projects import add_json_flag, add_project_option, command, emit, run, table, when
+from shared.cli.common import add_json_flag, add_project_option, command, emit, run, table, when
 from shared.management import ApiKey, CreatedKey, PlatformRef
 from shared.settings import Settings
 

@@ -10,7 +10,7 @@ import msgspec
 import psycopg
 
 from shared import management
-from shared.cli.projects import add_json_flag, add_project_option, command, emit, or_dash, run, table, when
+from shared.cli.common import add_json_flag, add_project_option, command, emit, or_dash, run, table, when
 from shared.management import PLATFORM_TYPES, Platform
 from shared.settings import Settings
 

@@ -1,0 +1,143 @@
+"""Which platform a trace belongs to: one pure function of (envelope, snapshot) — SPEC §5.
+
+1. Candidates: the key's scope when it is restricted (platforms that still exist), else every
+   platform of the key's project.
+2. An explicit platform (``platformId`` / ``metadata.mibo.platform_id``) must be in the project
+   (else ``platform_not_found``) and among the candidates (else ``platform_not_allowed``).
+3. Otherwise metadata hints narrow the candidates: ``chatflowId`` → Flowise platforms with that
+   chatflow id, ``workflowId`` → n8n platforms with that workflow id; all hints present must match.
+   - A hint that matches only platforms outside the key's scope → ``platform_not_allowed``.
+   - Hints that each match something but no platform matches them all → ``platform_unresolved``.
+   - Hints that match no platform of the project at all cannot narrow anything (the platform has
+     no routing id configured yet): the candidates stay as they were. This keeps the seed's promise
+     that a key restricted to one platform routes automatically even when its n8n traces carry a
+     workflowId nobody configured, and makes such traces ambiguous — fixable by configuring the
+     id and replaying — when there are several candidates.
+4. Exactly one candidate → routed; none → ``platform_unresolved``; several → ``platform_ambiguous``
+   with the candidates listed.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+
+from router_worker.platforms import PlatformInfo, Snapshot
+from shared.dlq import DeadLetter
+from shared.envelope import Hints, RawEnvelope, ResolvedBy
+
+
+class Routed(msgspec.Struct, frozen=True):
+    platform_id: uuid.UUID
+    resolved_by: ResolvedBy
+
+
+Decision = Routed | DeadLetter
+
+
+def _describe(platforms: tuple[PlatformInfo, ...] | list[PlatformInfo]) -> str:
+    return ", ".join(f"{p.name} ({p.type}, {p.id})" for p in platforms) or "none"
+
+
+def _hint_text(hints: Hints) -> str:
+    parts = []
+    if hints.workflow_id is not None:
+        parts.append(f"workflowId={hints.workflow_id}")
+    if hints.chatflow_id is not None:
+        parts.append(f"chatflowId={hints.chatflow_id}")
+    return " and ".join(parts)
+
+
+def _workflow_match(platform: PlatformInfo, hints: Hints) -> bool:
+    return (
+        hints.workflow_id is not None and platform.type == "n8n" and platform.workflow_id == hints.workflow_id
+    )
+
+
+def _chatflow_match(platform: PlatformInfo, hints: Hints) -> bool:
+    return (
+        hints.chatflow_id is not None
+        and platform.type == "flowise"
+        and platform.chatflow_id == hints.chatflow_id
+    )
+
+
+def _matches(platform: PlatformInfo, hints: Hints) -> bool:
+    """True when ``platform`` matches every hint present."""
+    return (hints.workflow_id is None or _workflow_match(platform, hints)) and (
+        hints.chatflow_id is None or _chatflow_match(platform, hints)
+    )
+
+
+def _matches_any(platform: PlatformInfo, hints: Hints) -> bool:
+    return _workflow_match(platform, hints) or _chatflow_match(platform, hints)
+
+
+def resolve(envelope: RawEnvelope, snapshot: Snapshot) -> Decision:
+    project = snapshot.project(envelope.project_id)
+    key = f"key {envelope.key_id}"
+    if envelope.key_restricted:
+        scope = set(envelope.key_scope)
+        candidates = tuple(p for p in project if p.id in scope)
+        who = f"{key} (restricted to {len(envelope.key_scope)} platform(s))"
+    else:
+        candidates = project
+        who = f"{key} (all platforms of project {envelope.project_id})"
+
+    if envelope.platform_id is not None:
+        explicit = envelope.platform_id
+        if all(p.id != explicit for p in project):
+            return DeadLetter(
+                "platform_not_found",
+                f"{who} named platform {explicit}, which is not a platform of project {envelope.project_id}",
+            )
+        if all(p.id != explicit for p in candidates):
+            return DeadLetter(
+                "platform_not_allowed",
+                f"{who} named platform {explicit}, which is outside the key's scope; allowed: {_describe(candidates)}",
+            )
+        return Routed(explicit, "explicit")
+
+    hints = envelope.hints
+    hinted = hints.workflow_id is not None or hints.chatflow_id is not None
+    if hinted:
+        text = _hint_text(hints)
+        matching = [p for p in candidates if _matches(p, hints)]
+        if len(matching) == 1:
+            return Routed(matching[0].id, "hint")
+        if len(matching) > 1:
+            return DeadLetter(
+                "platform_ambiguous",
+                f"{who} sent {text}, which matches several platforms: {_describe(matching)}",
+                tuple(str(p.id) for p in matching),
+            )
+        outside = [p for p in project if _matches(p, hints)]
+        if outside:
+            return DeadLetter(
+                "platform_not_allowed",
+                f"{who} sent {text}, which matches {_describe(outside)} outside the key's scope",
+                tuple(str(p.id) for p in outside),
+            )
+        if any(_matches_any(p, hints) for p in project):
+            return DeadLetter(
+                "platform_unresolved",
+                f"{who} sent {text}: the hints point to different platforms and no platform matches them all",
+            )
+
+    if len(candidates) == 1:
+        return Routed(candidates[0].id, "single_candidate")
+    because = f" ({_hint_text(hints)} matches no platform of the project)" if hinted else ""
+    if not candidates:
+        why = (
+            "none of the key's platforms exists any more"
+            if envelope.key_restricted
+            else f"project {envelope.project_id} has no platforms"
+        )
+        return DeadLetter("platform_unresolved", f"{who} has no platform to route to{because}: {why}")
+    return DeadLetter(
+        "platform_ambiguous",
+        f"{who} sent no platformId and no matching workflowId/chatflowId{because}; "
+        f"it could be any of: {_describe(candidates)}",
+        tuple(str(p.id) for p in candidates),
+    )

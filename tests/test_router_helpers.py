@@ -1,0 +1,56 @@
+"""Producing raw envelopes straight to traces.raw, for volume tests of the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import msgspec
+
+from shared.envelope import Hints, RawEnvelope, encode, message_key
+from shared.ids import uuid7
+from shared.kafka import make_producer
+from shared.settings import Settings
+from shared.topics import Topics
+from tests.pipeline import Tenant
+
+
+def raw_envelopes(
+    tenant: Tenant, count: int, body: bytes = b'{"data": {"input": "..."}}'
+) -> list[RawEnvelope]:
+    """Envelopes as the ingest API writes them, from the tenant's key restricted to its n8n platform."""
+    return [
+        RawEnvelope(
+            trace_id=uuid7(),
+            received_at=dt.datetime.now(dt.UTC),
+            project_id=tenant.project_id,
+            key_id=tenant.key_ids["n8n"],
+            key_restricted=True,
+            key_scope=[tenant.n8n],
+            external_id=None,
+            shape="data",
+            platform_id=None,
+            hints=Hints(),
+            body=msgspec.Raw(body),
+        )
+        for _ in range(count)
+    ]
+
+
+def keys_of(envelopes: list[RawEnvelope]) -> set[bytes]:
+    return {message_key(e.project_id, e.external_id, e.trace_id) for e in envelopes}
+
+
+async def produce_raw(settings: Settings, topics: Topics, envelopes: list[RawEnvelope]) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                topics.raw, encode(e), key=message_key(e.project_id, e.external_id, e.trace_id)
+            )
+            for e in envelopes
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
