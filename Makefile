@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install tools down status logs lint fmt bench
+.PHONY: run test install tools down status logs lint fmt bench chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ logs:
 bench: install
 	$(BIN)/mibo-ingest dev up --no-services
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/router.py
+	$(BIN)/python bench/storage.py
+
+# Fault scenarios (kill -9 of each service, PostgreSQL and Kafka restarts), reconciled exactly.
+chaos: install
+	$(BIN)/mibo-ingest dev up --no-services
+	$(BIN)/python bench/chaos.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -94,9 +94,13 @@ def row(name: str, result: Result) -> str:
     )
 
 
+def batch_body(body: bytes, count: int) -> bytes:
+    return b'{"traces": [' + b",".join([body] * count) + b"]}"
+
+
 async def measure(
     bare_port: int, ingest_port: int, body: bytes, headers: dict[str, str], args
-) -> tuple[Result, Result]:  # type: ignore[no-untyped-def]
+) -> tuple[Result, Result, Result]:  # type: ignore[no-untyped-def]
     warm = min(2.0, args.seconds / 5)
     for port in (bare_port, ingest_port):  # warm-up: connections, producer metadata, caches
         await drive(f"http://127.0.0.1:{port}/public/traces", body, headers, connections=8, seconds=warm)
@@ -114,7 +118,14 @@ async def measure(
         connections=args.connections,
         seconds=args.seconds,
     )
-    return base, real
+    batch = await drive(
+        f"http://127.0.0.1:{ingest_port}/public/traces/batch",
+        batch_body(body, args.batch),
+        headers,
+        connections=max(1, args.connections // 8),
+        seconds=args.seconds,
+    )
+    return base, real, batch
 
 
 def main() -> None:
@@ -124,6 +135,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="INGEST_WORKERS for the ingest process")
+    parser.add_argument("--batch", type=int, default=100, help="traces per batch request")
     args = parser.parse_args()
     load_env_file()
     settings = Settings.from_env()
@@ -143,7 +155,7 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{bare_port}/healthz")
         wait_http(f"http://127.0.0.1:{ingest_port}/readyz")
-        base, real = asyncio.run(measure(bare_port, ingest_port, body, headers, args))
+        base, real, batch = asyncio.run(measure(bare_port, ingest_port, body, headers, args))
         rss = peak_rss_mib(ingest.pid)
     finally:
         for proc in (bare, ingest):
@@ -158,6 +170,18 @@ def main() -> None:
     print(row("bare aiohttp handler (baseline)", base))
     print(row("ingest_api → Kafka ack (acks=all)", real))
     print(f"\nratio ingest/bare: {ratio:.2f}   ingest peak RSS: {rss:.0f} MiB")
+    batch_traces = batch.rate * args.batch
+    print(f"\nbatch endpoint ({args.batch} traces a request, {max(1, args.connections // 8)} connections):")
+    print("| endpoint | traces/s | p50 ms | p99 ms | statuses |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| POST /public/traces | {real.rate:,.0f} | {real.p50:.1f} | {real.pct(0.99):.1f} | {dict(real.statuses)} |"
+    )
+    print(
+        f"| POST /public/traces/batch | {batch_traces:,.0f} | {batch.p50:.1f} | {batch.pct(0.99):.1f} | "
+        f"{dict(batch.statuses)} |"
+    )
+    print(f"\nratio batch/single (traces/s): {batch_traces / real.rate:.2f}")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "ingest.json").write_text(
@@ -175,10 +199,17 @@ def main() -> None:
                     "peak_rss_mib": rss,
                 },
                 "ratio": ratio,
+                "batch": {
+                    "traces_per_request": args.batch,
+                    "traces_per_second": batch_traces,
+                    "p99_ms": batch.pct(0.99),
+                },
             },
             indent=2,
         )
     )
+    if set(batch.statuses) != {207}:
+        raise SystemExit(f"the batch endpoint answered something other than 207: {batch.statuses}")
     if set(real.statuses) != {202}:
         raise SystemExit(f"ingest answered something other than 202: {real.statuses}")
 

@@ -10,12 +10,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
 from ingest_api import admin
+from ingest_api.batch import post_batch
 from ingest_api.context import DB_POOL, ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
 from ingest_api.enqueue import Enqueuer
 from ingest_api.key_registry import KeyRegistry
 from ingest_api.metrics import IngestMetrics
 from ingest_api.openapi import openapi_document
 from ingest_api.responses import ERROR_CODE, error_middleware, json_response
+from ingest_api.trace_read import get_trace
 from ingest_api.traces import post_trace
 from shared.settings import Settings, libpq_url
 from shared.topics import Topics
@@ -69,6 +71,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/public/traces", post_trace)
+    # "batch" is the batch endpoint's path: a GET there is 405, not a lookup of a trace named "batch"
+    app.router.add_get(r"/public/traces/{id:(?!batch$)[^/]+}", get_trace)
+    app.router.add_post("/public/traces/batch", post_batch)
     admin.setup(app)
     return app
 

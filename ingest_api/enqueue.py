@@ -93,3 +93,34 @@ class Enqueuer:
         except KafkaError as exc:
             raise unavailable(f"Kafka refused the write: {type(exc).__name__}") from None
         self._metrics.produce_latency.observe(time.perf_counter() - started)
+
+    async def send_many(self, messages: list[tuple[bytes, bytes]]) -> list[str | None]:
+        """Produce all, then wait for every ack within the timeout; per message ``None`` when
+        acknowledged, else why not. Only acknowledged messages may be reported as queued."""
+        producer = self._producer
+        if producer is None:
+            return ["Kafka is not reachable yet"] * len(messages)
+        started = time.perf_counter()
+        futures: list[asyncio.Future[object]] = []
+        try:
+            async with asyncio.timeout(self._settings.produce_timeout_seconds):
+                for key, value in messages:
+                    futures.append(await producer.send(self.topic, value, key=key))
+                await asyncio.wait(futures)
+        except TimeoutError:
+            pass
+        except KafkaError as exc:
+            log.warning("kafka refused part of a batch", error=repr(exc))
+        self._metrics.produce_latency.observe(time.perf_counter() - started)
+        outcome: list[str | None] = []
+        for future in futures:
+            if not future.done():
+                outcome.append(
+                    f"Kafka did not acknowledge within {self._settings.produce_timeout_seconds:g}s"
+                )
+            elif future.cancelled() or future.exception() is not None:
+                outcome.append("Kafka refused the write")
+            else:
+                outcome.append(None)
+        outcome.extend(["Kafka could not take the write in time"] * (len(messages) - len(futures)))
+        return outcome

@@ -134,6 +134,47 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "BatchItem": {
+        "allOf": [
+            _ref("TraceBody"),
+            {"type": "object", "properties": {"externalId": {"type": "string", "maxLength": 255}}},
+        ]
+    },
+    "BatchBody": {
+        "type": "object",
+        "required": ["traces"],
+        "properties": {"traces": {"type": "array", "minItems": 1, "items": _ref("BatchItem")}},
+    },
+    "BatchResult": {
+        "type": "object",
+        "required": ["index", "status"],
+        "properties": {
+            "index": {"type": "integer"},
+            "status": {"type": "string", "enum": ["queued", "rejected", "failed"]},
+            "id": UUID,
+            "externalId": {"type": ["string", "null"]},
+            "platformId": {**UUID, "type": ["string", "null"]},
+            "error": {"$ref": REF + "Error/properties/error"},
+        },
+    },
+    "BatchAnswer": {
+        "type": "object",
+        "required": ["success", "message", "timestamp", "data"],
+        "properties": {
+            "success": {"type": "boolean", "description": "true when every item was queued"},
+            "message": {"type": "string"},
+            "timestamp": TIME,
+            "data": {
+                "type": "object",
+                "required": ["accepted", "rejected", "results"],
+                "properties": {
+                    "accepted": {"type": "integer"},
+                    "rejected": {"type": "integer"},
+                    "results": {"type": "array", "items": _ref("BatchResult")},
+                },
+            },
+        },
+    },
     "Project": {
         "type": "object",
         "required": ["id", "name", "created_at"],
@@ -372,6 +413,70 @@ def openapi_document() -> dict[str, Any]:
                             **_error("SERVICE_UNAVAILABLE: Kafka could not take the write in time"),
                             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                         },
+                    },
+                }
+            },
+            "/public/traces/batch": {
+                "post": {
+                    "tags": ["public"],
+                    "summary": "Send many traces; one result per item, answered once all queued items are acknowledged",
+                    "security": [{"apiKey": []}],
+                    "parameters": [p for p in public_headers if p["name"] != "x-request-id"],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("BatchBody")}},
+                    },
+                    "responses": {
+                        "207": _json(_ref("BatchAnswer"), "One result per item (queued, rejected or failed)"),
+                        "400": _error("VALIDATION_ERROR: not {traces: [...]}, or too many items"),
+                        "401": _error("MISSING_API_KEY / INVALID_API_KEY"),
+                        "413": _error("PAYLOAD_TOO_LARGE"),
+                        "415": _error("UNSUPPORTED_MEDIA_TYPE"),
+                        "503": _error("SERVICE_UNAVAILABLE: no item could be queued"),
+                    },
+                }
+            },
+            "/public/traces/{id}": {
+                "get": {
+                    "tags": ["public"],
+                    "summary": "A stored trace of the key's project (404 until stored, or for another project's)",
+                    "security": [{"apiKey": []}],
+                    "parameters": [
+                        public_headers[0],
+                        {"name": "id", "in": "path", "required": True, "schema": UUID},
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["success", "message", "timestamp", "data"],
+                                "properties": {
+                                    "success": {"const": True},
+                                    "message": {"type": "string"},
+                                    "timestamp": TIME,
+                                    "data": {
+                                        "type": "object",
+                                        "properties": {
+                                            "id": UUID,
+                                            "platformId": UUID,
+                                            "externalId": {"type": ["string", "null"]},
+                                            "bodyShape": {"type": "string", "enum": ["spans", "data"]},
+                                            "payload": {"type": "object", "description": "the body as sent"},
+                                            "metadata": {"type": ["object", "null"]},
+                                            "externalMetadata": {"type": ["object", "null"]},
+                                            "receivedAt": TIME,
+                                            "createdAt": TIME,
+                                            "updatedAt": TIME,
+                                        },
+                                    },
+                                },
+                            },
+                            "The stored trace",
+                        ),
+                        "400": _error("VALIDATION_ERROR: the id is not a UUID"),
+                        "401": _error("MISSING_API_KEY / INVALID_API_KEY"),
+                        "404": _error("NOT_FOUND: no such trace for this key (or not stored yet)"),
+                        "503": _error("SERVICE_UNAVAILABLE: the database is not reachable"),
                     },
                 }
             },

@@ -22,6 +22,11 @@ from shared.management import KeyInfo
 
 EXTERNAL_ID_MAX = 255
 _EXTERNAL_ID = re.compile(r"^[\x20-\x7e]+$")
+EXTERNAL_ID_RULE = f"An external id is 1-{EXTERNAL_ID_MAX} printable ASCII characters"
+
+
+def valid_external_id(value: str) -> bool:
+    return len(value) <= EXTERNAL_ID_MAX and _EXTERNAL_ID.match(value) is not None
 
 
 def external_id_from(value: str | None) -> str | None:
@@ -29,19 +34,12 @@ def external_id_from(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if len(value) > EXTERNAL_ID_MAX or not _EXTERNAL_ID.match(value):
+    if not valid_external_id(value):
         raise ApiError(
             400,
             "VALIDATION_ERROR",
             "Invalid x-request-id",
-            [
-                Detail(
-                    "value_error",
-                    f"x-request-id must be 1-{EXTERNAL_ID_MAX} printable ASCII characters",
-                    "x-request-id",
-                    "header",
-                )
-            ],
+            [Detail("value_error", EXTERNAL_ID_RULE, "x-request-id", "header")],
         )
     return value
 
@@ -62,18 +60,20 @@ def build_envelope(key: KeyInfo, parsed: ParsedBody, body: bytes, external_id: s
     )
 
 
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, read within ``limit`` and decompressed within ``limit``."""
+    raw = await read_limited(request, limit)
+    return decode_content(
+        raw, request.headers.get("Content-Type", ""), request.headers.get("Content-Encoding", ""), limit
+    )
+
+
 async def post_trace(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
     key = await authenticate(app[KEY_REGISTRY], request.headers.get(API_KEY_HEADER))
     external_id = external_id_from(request.headers.get("x-request-id"))
-    raw = await read_limited(request, settings.max_body_bytes)
-    body = decode_content(
-        raw,
-        request.headers.get("Content-Type", ""),
-        request.headers.get("Content-Encoding", ""),
-        settings.max_body_bytes,
-    )
+    body = await read_body(request, settings.max_body_bytes)
     try:
         parsed = parse_body(body)
     except BodyInvalid as exc:

@@ -51,6 +51,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Server-side secret for HMAC-SHA256 key hashes. Set it in production; the default logs a loud warning.",
     ),
     Setting("MAX_BODY_BYTES", "10485760", "Largest accepted trace body, after decompression (bytes)."),
+    Setting("BATCH_MAX_TRACES", "1000", "Most traces one `POST /public/traces/batch` may carry."),
     Setting(
         "PRODUCE_TIMEOUT_SECONDS",
         "5",
@@ -90,6 +91,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_token: str
     key_pepper: str
     max_body_bytes: int
+    batch_max_traces: int
     produce_timeout_seconds: float
     metrics_host: str
     router_metrics_port: int

@@ -75,8 +75,15 @@ async def run_batches(
                 break
             except Exception as exc:
                 log.warning(f"{name} step failed; retrying the same batch", error=repr(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await stop.wait()
                 backoff = min(backoff * 2, 10.0)
+                if stop.is_set():
+                    # Stopping during an outage: leave without committing; the records are
+                    # re-delivered to whoever consumes next.
+                    log.warning(f"{name} stopping with an unfinished batch; it will be re-delivered")
+                    return
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
         try:
             await consumer.commit(offsets)

@@ -222,6 +222,20 @@ class TopicTap:
         found = await self.wait_for_all(lambda r: r.key == key, 1, timeout)
         return found[0]
 
+    async def wait_for_keys(self, keys: set[bytes], timeout: float = 60.0) -> set[bytes]:
+        """Wait until a record of every key in ``keys`` arrived (duplicates count once);
+        returns the keys seen."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            seen = {r.key for r in self.records if r.key in keys}
+            if seen == keys or asyncio.get_running_loop().time() > deadline:
+                return seen
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), 0.5)
+            except TimeoutError:
+                pass
+
     async def wait_for_all(
         self, predicate, count: int, timeout: float = 30.0
     ) -> list[ConsumerRecord[bytes, bytes]]:  # type: ignore[no-untyped-def]

@@ -37,7 +37,7 @@ async def test_tail_and_stats_filter_by_key_and_reason(
         ingest, tenant.keys["all"], {"data": 1, "platformId": "00000000-0000-4000-8000-000000000000"}
     )
     keys = {f"{tenant.project_id}:{t}".encode() for t in [*ambiguous, missing]}
-    await dlq_tap.wait_for_all(lambda r: r.key in keys, 4)
+    assert await dlq_tap.wait_for_keys(keys) == keys
 
     key_id = str(tenant.key_ids["all"])
     lines = await asyncio.to_thread(cli, settings, "tail", "--json", "--key-id", key_id)

@@ -2,7 +2,8 @@
 
 ``tail`` lists records (oldest first; ``--follow`` keeps reading), filtered by reason, key id,
 project, platform or age; ``stats`` counts them by reason, key, platform and age. Both read without
-a consumer group, so looking never changes anything.
+a consumer group, so looking never changes anything. ``replay`` re-produces the selected records to
+traces.raw (see shared.dlq_replay), ``--dry-run`` first.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import sys
 from collections import Counter
 from collections.abc import Callable
 
@@ -149,6 +151,58 @@ async def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _replay(args: argparse.Namespace) -> int:
+    from shared.dlq_replay import execute, plan
+
+    settings = Settings.from_env()
+    candidates = await plan(settings, selector(args))
+    if args.again:
+        for candidate in candidates:
+            candidate.already_replayed = False
+    fresh = [c for c in candidates if not c.already_replayed]
+    skipped = len(candidates) - len(fresh)
+    if args.json:
+        for c in candidates:
+            print(
+                msgspec.json.encode(
+                    {"entry": c.entry, "now": c.now, "already_replayed": c.already_replayed}
+                ).decode()
+            )
+    else:
+        rows = [
+            [
+                c.entry.source,
+                c.entry.reason,
+                _short(c.entry.trace_id),
+                c.now,
+                "skip: replayed before" if c.already_replayed else "replay",
+            ]
+            for c in candidates
+        ]
+        print(
+            table(
+                ["dlq record", "reason", "trace id", "router would now", "action"],
+                rows,
+                "no matching records",
+            )
+        )
+        print()
+    if args.dry_run:
+        print(
+            f"dry run: {len(fresh)} record(s) would be replayed, {skipped} skipped (replayed before)",
+            file=sys.stderr,
+        )
+        return 0
+    replayed = await execute(settings, fresh)
+    print(f"replayed {replayed} record(s) into {Topics.with_prefix(settings.kafka_topic_prefix).raw}, "
+          f"{skipped} skipped (replayed before)", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def replay(args: argparse.Namespace) -> int:
+    return asyncio.run(_replay(args))
+
+
 def tail(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_tail(args))
@@ -169,6 +223,16 @@ def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("-n", "--limit", type=int, default=50, help="show the last N (0: all; table output only)")
     add_json_flag(p)
     p.set_defaults(handler=tail)
+    p = sub.add_parser(
+        "replay", help="re-produce selected records to traces.raw (after fixing the configuration)"
+    )
+    add_filters(p)
+    p.add_argument(
+        "--dry-run", action="store_true", help="show what would be replayed and how it would route now"
+    )
+    p.add_argument("--again", action="store_true", help="also replay records replayed before")
+    add_json_flag(p)
+    p.set_defaults(handler=replay)
     p = sub.add_parser("stats", help="counts by reason, key, platform and age")
     add_filters(p)
     add_json_flag(p)

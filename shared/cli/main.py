@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from shared.cli import db, dev, dlq, keys, platforms, projects
+from shared.cli import db, dev, dlq, keys, platforms, projects, replay
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mibo-ingest", description="Operate the mibo-ingest trace pipeline."
     )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    for module in (dev, db, projects, platforms, keys, dlq):
+    for module in (dev, db, projects, platforms, keys, dlq, replay):
         module.register(groups)
     return parser
 

@@ -9,12 +9,14 @@ scoped platforms were all deleted stays restricted (to nothing) instead of silen
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -137,4 +139,16 @@ traces = Table(
     # NULL external ids are distinct: traces without x-request-id are unique by their id.
     UniqueConstraint("project_id", "external_id"),
     Index("ix_traces_project_platform_received", "project_id", "platform_id", "received_at"),
+)
+
+dlq_replays = Table(
+    "dlq_replays",
+    metadata,
+    Column("topic", Text, primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("offset", BigInteger, primary_key=True),
+    Column("trace_id", UUID(as_uuid=True)),
+    Column("reason", Text, nullable=False),
+    Column("run_id", UUID(as_uuid=True), nullable=False),
+    Column("replayed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -1,0 +1,228 @@
+"""The bulk write: one batch of rows → ``traces`` in one transaction, poison rows isolated.
+
+Why binary COPY into a staging table, then ``INSERT ... SELECT ... ON CONFLICT``: COPY is
+PostgreSQL's fastest way in (one streamed message, no per-row statement or parameter parsing),
+and the ``INSERT ... SELECT`` from the session's temporary table then applies the upsert rule to
+the whole batch in one statement per conflict target. Measured on this project's stack with 1 KB
+traces and 500-row transactions, that is ~2.8x the rows/s of one multi-row
+``INSERT ... SELECT FROM unnest(%s::uuid[], ..., %s::jsonb[])`` (array parameters of jsonb are
+slow to build and to parse); the binary format adds ~10% over text COPY. ``bench/storage.py``
+compares the whole write path against a plain COPY of the same rows. The staging table is
+``ON COMMIT DELETE ROWS``: created once per connection, emptied by every commit or rollback.
+
+Two statements, because an ``ON CONFLICT`` names one target:
+- no external id → keyed by trace id: ``ON CONFLICT (id) DO NOTHING`` — a re-delivery is a no-op;
+- external id → ``ON CONFLICT (project_id, external_id) DO UPDATE ... WHERE (stored.received_at,
+  stored.id) < (new.received_at, new.id)``: a newer version replaces id, platform, key, body,
+  metadata, received-at and updated-at (``stored_at`` stays: when the trace first arrived); an
+  older one, or the same one again, changes nothing. The row's id is that of the version it holds
+  — the id the client got for its last POST — and ties on received-at are broken by trace id
+  exactly as in ``upsert.collapse``.
+``RETURNING (xmax = 0)`` tells an insert from an update (a fresh tuple has no deleting xid).
+
+Poison rows: when PostgreSQL refuses the batch because of its data (``\\u0000`` in a JSON string,
+a number out of range, the project deleted meanwhile: SQLSTATE classes 21, 22, 23, 54), the
+transaction is rolled back and the batch is written again by bisection inside savepoints: halves
+that succeed stay, halves that fail are split again, and every single row still refused is
+returned as rejected with the database's message. Any other error (connection lost, server
+restarting) propagates: the caller retries the whole batch later, which is safe because the write
+is idempotent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import errors as pg_errors
+
+from storage_worker.rows import Pending, TraceRow
+from storage_worker.upsert import Outcome, StoredVersion, classify_conflicts
+
+log = structlog.get_logger(__name__)
+
+STAGE = "storage_stage"
+COLUMNS = (
+    "id", "project_id", "platform_id", "api_key_id", "external_id", "body_shape",
+    "payload", "metadata", "external_metadata", "received_at",
+)  # fmt: skip
+_COLUMN_LIST = ", ".join(COLUMNS)
+
+CREATE_STAGE = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} (
+    id uuid NOT NULL,
+    project_id uuid NOT NULL,
+    platform_id uuid NOT NULL,
+    api_key_id uuid,
+    external_id text,
+    body_shape text NOT NULL,
+    payload text NOT NULL,
+    metadata text,
+    external_metadata text,
+    received_at timestamptz NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+# JSON travels as text and is cast to jsonb by the INSERT: PostgreSQL parses each document once.
+
+COPY_STAGE = f"COPY {STAGE} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+STAGE_TYPES = ("uuid", "uuid", "uuid", "uuid", "text", "text", "text", "text", "text", "timestamptz")
+# Binary COPY: text goes over as its UTF-8 bytes, with no escaping scan over every 1 KB body on
+# either side; ~10% faster end to end than the text format in bench/storage.py.
+
+_SELECT_STAGE = f"""
+SELECT id, project_id, platform_id, api_key_id, external_id, body_shape,
+       payload::jsonb, metadata::jsonb, external_metadata::jsonb, received_at
+FROM {STAGE}
+"""
+
+INSERT_BY_ID = f"""
+INSERT INTO traces ({_COLUMN_LIST})
+{_SELECT_STAGE} WHERE external_id IS NULL ORDER BY id
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+UPSERT_BY_EXTERNAL_ID = f"""
+INSERT INTO traces AS stored ({_COLUMN_LIST})
+{_SELECT_STAGE} WHERE external_id IS NOT NULL ORDER BY project_id, external_id
+ON CONFLICT (project_id, external_id) DO UPDATE SET
+    id = EXCLUDED.id,
+    platform_id = EXCLUDED.platform_id,
+    api_key_id = EXCLUDED.api_key_id,
+    body_shape = EXCLUDED.body_shape,
+    payload = EXCLUDED.payload,
+    metadata = EXCLUDED.metadata,
+    external_metadata = EXCLUDED.external_metadata,
+    received_at = EXCLUDED.received_at,
+    updated_at = now()
+WHERE (stored.received_at, stored.id) < (EXCLUDED.received_at, EXCLUDED.id)
+RETURNING stored.project_id, stored.external_id, (stored.xmax = 0) AS inserted
+"""
+# ORDER BY: concurrent writers (two workers during a rebalance) take row locks in the same order.
+
+STORED_VERSIONS = """
+SELECT t.project_id, t.external_id, t.id, t.received_at
+FROM unnest(%s::uuid[], %s::text[]) AS wanted(project_id, external_id)
+JOIN traces t ON t.project_id = wanted.project_id AND t.external_id = wanted.external_id
+"""
+
+ROW_FAULTS: tuple[type[psycopg.Error], ...] = (
+    pg_errors.CardinalityViolation,  # class 21: self-heals by bisection (never expected: see upsert.py)
+    pg_errors.DataError,  # class 22: \u0000 in jsonb, out-of-range values, bad encodings
+    pg_errors.IntegrityError,  # class 23: the trace's project was deleted meanwhile
+    pg_errors.ProgramLimitExceeded,  # class 54: a value too large for an index or a row
+)
+PROJECT_FK = "fk_traces_project_id_projects"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    pending: Pending
+    detail: str  # the database's message and which trace; becomes ``dlq-detail``
+
+
+@dataclass(slots=True)
+class WriteResult:
+    outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def merge(self, other: WriteResult) -> WriteResult:
+        self.outcomes.update(other.outcomes)
+        self.rejected.extend(other.rejected)
+        return self
+
+
+async def create_stage(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Run on every new connection (``Database(setup=...)``): temporary tables are per session."""
+    async with conn.transaction():
+        await conn.execute(CREATE_STAGE)
+
+
+def refusal_detail(row: TraceRow, exc: psycopg.Error) -> str:
+    """A sentence for operators: which trace, and what PostgreSQL said."""
+    which = f"trace {row.id} (project {row.project_id}"
+    which += f", external id {row.external_id!r})" if row.external_id is not None else ")"
+    diag = exc.diag
+    said = diag.message_primary or str(exc).strip()
+    if diag.message_detail:
+        said = f"{said} ({diag.message_detail})"
+    if isinstance(exc, pg_errors.ForeignKeyViolation) and diag.constraint_name == PROJECT_FK:
+        return f"PostgreSQL refused {which}: its project no longer exists (deleted after the trace was accepted): {said}"
+    return f"PostgreSQL refused {which}: {said} [SQLSTATE {diag.sqlstate}]"
+
+
+def _copy_row(row: TraceRow) -> tuple[Any, ...]:
+    return (
+        row.id, row.project_id, row.platform_id, row.api_key_id, row.external_id, row.body_shape,
+        row.payload, row.metadata, row.external_metadata, row.received_at,
+    )  # fmt: skip
+
+
+async def _attempt(conn: psycopg.AsyncConnection[Any], rows: Sequence[TraceRow]) -> dict[uuid.UUID, Outcome]:
+    """Stage ``rows`` and upsert them; the caller holds the transaction (or savepoint)."""
+    outcomes: dict[uuid.UUID, Outcome] = {}
+    by_id = [row for row in rows if row.external_id is None]
+    by_external_id = [row for row in rows if row.external_id is not None]
+    async with conn.cursor() as cur:
+        async with cur.copy(COPY_STAGE) as copy:
+            copy.set_types(STAGE_TYPES)
+            for row in rows:
+                await copy.write_row(_copy_row(row))
+        if by_id:
+            await cur.execute(INSERT_BY_ID)
+            inserted = {found for (found,) in await cur.fetchall()}
+            for row in by_id:
+                outcomes[row.id] = "stored" if row.id in inserted else "duplicate"
+        if by_external_id:
+            await cur.execute(UPSERT_BY_EXTERNAL_ID)
+            written = {(project, external): fresh for project, external, fresh in await cur.fetchall()}
+            losers: list[TraceRow] = []
+            for row in by_external_id:
+                fresh = written.get((row.project_id, row.external_id))  # type: ignore[arg-type]
+                if fresh is None:
+                    losers.append(row)
+                else:
+                    outcomes[row.id] = "stored" if fresh else "replaced"
+            if losers:
+                await cur.execute(
+                    STORED_VERSIONS, ([r.project_id for r in losers], [r.external_id for r in losers])
+                )
+                stored = {(p, e): StoredVersion(i, at) for p, e, i, at in await cur.fetchall()}
+                outcomes.update(classify_conflicts(losers, stored))
+    return outcomes
+
+
+async def _isolate(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending]) -> WriteResult:
+    """Bisection inside savepoints: write what PostgreSQL accepts, return what it refuses."""
+    try:
+        async with conn.transaction():  # a savepoint: the outer transaction is open
+            await conn.execute(f"DELETE FROM {STAGE}")  # rows staged by an earlier sub-batch
+            return WriteResult(await _attempt(conn, [item.row for item in items]))
+    except ROW_FAULTS as exc:
+        if len(items) == 1:
+            detail = refusal_detail(items[0].row, exc)
+            log.warning("row refused by PostgreSQL", trace_id=str(items[0].row.id), detail=detail)
+            return WriteResult(rejected=[Rejected(items[0], detail)])
+    middle = len(items) // 2
+    left = await _isolate(conn, items[:middle])
+    return left.merge(await _isolate(conn, items[middle:]))
+
+
+async def write_rows(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending]) -> WriteResult:
+    """Write one collapsed batch (at most one row per identity) and commit.
+
+    Returns each written row's outcome and the rows PostgreSQL refused; raises on anything that
+    is not the data's fault (the transaction is then rolled back and nothing was written)."""
+    if not items:
+        return WriteResult()
+    try:
+        async with conn.transaction():
+            return WriteResult(await _attempt(conn, [item.row for item in items]))
+    except ROW_FAULTS as exc:
+        log.info("batch refused; isolating the rows PostgreSQL refuses", rows=len(items), error=str(exc))
+    async with conn.transaction():
+        return await _isolate(conn, items)
