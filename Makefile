@@ -40,9 +40,7 @@ logs:
 # Benchmarks print ratios against a bare baseline measured in the same run (see bench/).
 bench: install
 	$(BIN)/mibo-ingest dev up --no-services
-	$(BIN)/python bench/ingest.py
-	$(BIN)/python bench/router.py
-	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/report.py
 
 # Fault scenarios (kill -9 of each service, PostgreSQL and Kafka restarts), reconciled exactly.
 chaos: install

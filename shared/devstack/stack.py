@@ -25,7 +25,14 @@ from shared.devstack.kafka_broker import Broker, ensure_jars
 from shared.devstack.postgres import Postgres
 
 SERVICES = ("ingest_api", "router_worker", "storage_worker")
-DEFAULT_PORTS = {"kafka": 9092, "kafka_controller": 9093, "postgres": 55432, "ingest": 8080}
+DEFAULT_PORTS = {
+    "kafka": 9092,
+    "kafka_controller": 9093,
+    "postgres": 55432,
+    "ingest": 8080,
+    "router_metrics": 9101,
+    "storage_metrics": 9102,
+}
 
 
 def _port_free(port: int) -> bool:
@@ -134,6 +141,9 @@ class Stack:
             "INGEST_HOST": "127.0.0.1",
             "INGEST_PORT": str(self.state.ports["ingest"]),
             "INGEST_URL": self.ingest_url,
+            "METRICS_HOST": "127.0.0.1",
+            "ROUTER_METRICS_PORT": str(self.state.ports["router_metrics"]),
+            "STORAGE_METRICS_PORT": str(self.state.ports["storage_metrics"]),
             "ADMIN_TOKEN": self.state.admin_token,
             "KEY_PEPPER": self.state.key_pepper,
         }
@@ -272,9 +282,13 @@ class Stack:
             pid = self.postgres.pid()
             rows.append(("postgres", f"up (pid {pid})" if pid else "down", self.postgres.url))
         for name in SERVICES:
-            pidfile, logfile = self._service_paths(name)
+            pidfile, _ = self._service_paths(name)
             pid = processes.running(pidfile)
-            where = self.ingest_url if name == "ingest_api" else str(logfile)
+            where = {
+                "ingest_api": self.ingest_url,
+                "router_worker": f"http://127.0.0.1:{self.state.ports.get('router_metrics')}/metrics",
+                "storage_worker": f"http://127.0.0.1:{self.state.ports.get('storage_metrics')}/metrics",
+            }[name]
             state = f"up (pid {pid})" if pid else ("down" if service_exists(name) else "not built")
             rows.append((name, state, where))
         return rows
