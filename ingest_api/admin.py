@@ -52,6 +52,7 @@ class PlatformIn(msgspec.Struct, forbid_unknown_fields=True):
     type: str  # checked by shared.management, whose message lists the valid types
     workflow_id: str | None = None
     chatflow_id: str | None = None
+    otlp_service_name: str | None = None
 
 
 class PlatformPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -60,6 +61,7 @@ class PlatformPatch(msgspec.Struct, forbid_unknown_fields=True):
     name: str | msgspec.UnsetType = msgspec.UNSET
     workflow_id: str | msgspec.UnsetType | None = msgspec.UNSET
     chatflow_id: str | msgspec.UnsetType | None = msgspec.UNSET
+    otlp_service_name: str | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -198,7 +200,13 @@ async def create_platform(request: web.Request) -> web.Response:
     body = await _decode(request, PlatformIn)
     async with _connection(request) as conn:
         platform = await management.create_platform(
-            conn, project_id, body.name, body.type, workflow_id=body.workflow_id, chatflow_id=body.chatflow_id
+            conn,
+            project_id,
+            body.name,
+            body.type,
+            workflow_id=body.workflow_id,
+            chatflow_id=body.chatflow_id,
+            otlp_service_name=body.otlp_service_name,
         )
     log.info("platform created", project_id=str(project_id), platform_id=str(platform.id))
     return json_response(platform, status=201)
@@ -222,6 +230,7 @@ async def update_platform(request: web.Request) -> web.Response:
             name=body.name,
             workflow_id=body.workflow_id,
             chatflow_id=body.chatflow_id,
+            otlp_service_name=body.otlp_service_name,
         )
     log.info("platform updated", project_id=str(project_id), platform_id=str(platform_id))
     return json_response(platform)

@@ -16,6 +16,7 @@ from ingest_api.enqueue import Enqueuer
 from ingest_api.key_registry import KeyRegistry
 from ingest_api.metrics import IngestMetrics
 from ingest_api.openapi import openapi_document
+from ingest_api.otlp_http import post_otlp_traces
 from ingest_api.responses import ERROR_CODE, error_middleware, json_response
 from ingest_api.trace_read import get_trace
 from ingest_api.traces import post_trace
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     # "batch" is the batch endpoint's path: a GET there is 405, not a lookup of a trace named "batch"
     app.router.add_get(r"/public/traces/{id:(?!batch$)[^/]+}", get_trace)
     app.router.add_post("/public/traces/batch", post_batch)
+    app.router.add_post("/v1/traces", post_otlp_traces)  # OTLP/HTTP's standard path
     admin.setup(app)
     return app
 

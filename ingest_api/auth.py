@@ -35,9 +35,14 @@ async def authenticate(registry: KeyRegistry, presented: str | None) -> KeyInfo:
     return info
 
 
+def allowed(key: KeyInfo, platform_id: uuid.UUID | None) -> bool:
+    """May ``key`` name ``platform_id`` explicitly? (No platform named: yes, the router decides.)"""
+    return platform_id is None or not key.restricted or platform_id in key.platform_ids
+
+
 def check_scope(key: KeyInfo, platform_id: uuid.UUID | None) -> None:
     """403 when a restricted key names a platform it may not send to."""
-    if platform_id is None or not key.restricted or platform_id in key.platform_ids:
+    if allowed(key, platform_id):
         return
     raise ApiError(
         403,

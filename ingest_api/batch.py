@@ -14,10 +14,12 @@ from aiohttp import web
 
 from ingest_api.auth import API_KEY_HEADER, authenticate, check_scope, known_platform
 from ingest_api.body import BodyInvalid, parse_body
+from ingest_api.content import read_body
 from ingest_api.context import ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
 from ingest_api.enqueue import unavailable
 from ingest_api.responses import ApiError, Detail, json_response, now_iso
-from ingest_api.traces import EXTERNAL_ID_RULE, build_envelope, read_body, valid_external_id
+from ingest_api.traces import EXTERNAL_ID_RULE, build_envelope, valid_external_id
+from shared import otlp
 from shared.envelope import encode, message_key
 
 
@@ -83,6 +85,9 @@ async def post_batch(request: web.Request) -> web.Response:
         try:
             external_id = _external_id(item)
             parsed = parse_body(item)
+            if parsed.shape == otlp.SHAPE:
+                message = "OTLP requests (resourceSpans) are not batch items: send them to /v1/traces"
+                raise BodyInvalid(message, [Detail("value_error", message, "resourceSpans")])
             check_scope(key, parsed.platform_id)
         except BodyInvalid as exc:
             results[index] = _rejected(index, "VALIDATION_ERROR", exc.message, exc.details)

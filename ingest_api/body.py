@@ -3,7 +3,9 @@
 Two shapes share one endpoint:
 - canonical ``{"spans": [...]}`` — every span checked (ids, names, timestamps, status);
 - legacy ``{"data": <any JSON value but null>}`` — what the seed's curl sends.
-Both may carry ``metadata``, ``externalMetadata`` and ``platformId``; ``metadata.mibo.platform_id``
+A third is only recognised here: OTLP JSON (``{"resourceSpans": [...]}``, shape ``otlp``), which
+``ingest_api.otlp`` decodes and splits per trace.
+The first two may carry ``metadata``, ``externalMetadata`` and ``platformId``; ``metadata.mibo.platform_id``
 means the same as ``platformId`` and must agree with it. The body itself is forwarded unchanged;
 this module only decides whether it is acceptable and extracts the routing inputs.
 """
@@ -46,6 +48,7 @@ class TraceBody(msgspec.Struct):
     metadata: dict[str, Any] | None = None
     externalMetadata: dict[str, Any] | None = None  # wire names, camelCase
     platformId: str | None = None  # a string: validated below for a precise message
+    resourceSpans: msgspec.Raw | UnsetType = UNSET  # OTLP JSON: skipped here, decoded by ingest_api.otlp
 
 
 class ParsedBody(msgspec.Struct, frozen=True):
@@ -137,7 +140,9 @@ def _check_spans(spans: list[Span]) -> None:
 
 
 def parse_body(raw: bytes) -> ParsedBody:
-    """Validate a decompressed request body; raises ``BodyInvalid`` with field-level details."""
+    """Validate a decompressed request body; raises ``BodyInvalid`` with field-level details.
+
+    Shape ``otlp`` means "an OTLP JSON request": only recognised, not validated; the caller decodes it."""
     try:
         body = _decoder.decode(raw)
     except msgspec.MsgspecError as exc:
@@ -146,6 +151,11 @@ def parse_body(raw: bytes) -> ParsedBody:
             "Body is not valid JSON" if detail.type == "json_invalid" else "Invalid body", [detail]
         ) from None
     has_spans, has_data = body.spans is not UNSET, body.data is not UNSET
+    if body.resourceSpans is not UNSET:
+        if has_spans or has_data:
+            message = "Body needs exactly one of spans, data or resourceSpans"
+            raise BodyInvalid(message, [Detail("conflict", message, "resourceSpans")])
+        return ParsedBody("otlp", None, Hints())
     if has_spans == has_data:
         message = "Body needs exactly one of spans or data" if has_spans else "Body needs spans or data"
         raise BodyInvalid(message, [Detail("missing" if not has_spans else "conflict", message, "spans")])

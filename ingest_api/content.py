@@ -16,6 +16,7 @@ from ingest_api.responses import ApiError, Detail
 
 GZIP_MAGIC = b"\x1f\x8b"
 JSON_TYPES = {"application/json", "text/json"}
+PROTOBUF_TYPES = {"application/x-protobuf", "application/protobuf"}  # OTLP/HTTP's binary encoding
 CHUNK = 64 * 1024
 
 
@@ -92,9 +93,22 @@ def _bad_encoding(name: str, exc: object) -> ApiError:
     )
 
 
-def decode_content(data: bytes, content_type: str, content_encoding: str, limit: int) -> bytes:
-    """Decompressed JSON bytes, or an ApiError (415 for types/encodings we do not take, 413, 400)."""
-    media = content_type.split(";", 1)[0].strip().lower()
+def media_type(content_type: str) -> str:
+    """``application/json; charset=utf-8`` → ``application/json``."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_protobuf(content_type: str) -> bool:
+    return media_type(content_type) in PROTOBUF_TYPES
+
+
+def decode_content(
+    data: bytes, content_type: str, content_encoding: str, limit: int, *, protobuf: bool = False
+) -> bytes:
+    """Decompressed body bytes, or an ApiError (415 for types/encodings we do not take, 413, 400).
+
+    JSON always; OTLP protobuf (``application/x-protobuf``) only where ``protobuf`` is set."""
+    media = media_type(content_type)
     encoding = content_encoding.strip().lower()
     if encoding in ("", "identity") and media == "application/octet-stream" and data.startswith(GZIP_MAGIC):
         encoding = "gzip"  # n8n's node gzips large bodies and labels them octet-stream
@@ -102,9 +116,11 @@ def decode_content(data: bytes, content_type: str, content_encoding: str, limit:
         media not in JSON_TYPES
         and media != ""
         and not (media == "application/octet-stream" and encoding == "gzip")
+        and not (protobuf and media in PROTOBUF_TYPES)
     ):
+        also = ", application/x-protobuf (OTLP)" if protobuf else ""
         raise unsupported(
-            f"Content-Type {media!r} is not accepted: send application/json "
+            f"Content-Type {media!r} is not accepted: send application/json{also} "
             "(or application/octet-stream with a gzip body)"
         )
     if encoding in ("gzip", "x-gzip"):
@@ -114,3 +130,15 @@ def decode_content(data: bytes, content_type: str, content_encoding: str, limit:
     if encoding not in ("", "identity"):
         raise unsupported(f"Content-Encoding {encoding!r} is not accepted: use gzip or zstd", "header")
     return data
+
+
+async def read_body(request: web.Request, limit: int, *, protobuf: bool = False) -> bytes:
+    """The request body, read within ``limit`` and decompressed within ``limit``."""
+    raw = await read_limited(request, limit)
+    return decode_content(
+        raw,
+        request.headers.get("Content-Type", ""),
+        request.headers.get("Content-Encoding", ""),
+        limit,
+        protobuf=protobuf,
+    )

@@ -56,6 +56,11 @@ class Enqueuer:
             producer = make_producer(self._settings)
             try:
                 await producer.start()
+            except asyncio.CancelledError:
+                # shutting down while still connecting: close what was half opened
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), 5)
+                raise
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     await producer.stop()
@@ -74,7 +79,13 @@ class Enqueuer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._starting
         if self._producer is not None:
-            await self._producer.stop()
+            try:
+                # bounded: with the broker gone, a flush would otherwise wait for it forever
+                await asyncio.wait_for(self._producer.stop(), 30)
+            except TimeoutError:
+                log.warning(
+                    "kafka producer did not flush within 30 s; unacknowledged traces were never answered 202"
+                )
             self._producer = None
 
     async def send(self, key: bytes, value: bytes) -> None:

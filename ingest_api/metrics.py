@@ -21,6 +21,12 @@ class IngestMetrics:
             "Traces acknowledged by Kafka and answered 202",
             registry=self.registry,
         )
+        self.otlp_spans = Counter(
+            "ingest_otlp_spans",
+            "OTLP spans by outcome: accepted (in an acknowledged envelope) or rejected (partial success)",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.accepted_bytes = Counter(
             "ingest_accepted_bytes_total",
             "Decompressed body bytes of accepted traces",

@@ -21,6 +21,11 @@ def _error(description: str) -> dict[str, Any]:
 
 
 UUID = {"type": "string", "format": "uuid"}
+OTLP_SERVICE_NAME = {
+    "type": ["string", "null"],
+    "description": "OpenTelemetry traces whose resource service.name is this value route to the platform "
+    "(any type; unique within the project)",
+}
 TIME = {"type": "string", "format": "date-time"}
 ADMIN_ERRORS = {
     "400": _error("Invalid body or path parameter"),
@@ -114,6 +119,31 @@ SCHEMAS: dict[str, Any] = {
             },
         ]
     },
+    "OtlpTraceRequest": {
+        "type": "object",
+        "required": ["resourceSpans"],
+        "description": "An OTLP ExportTraceServiceRequest in OTLP's JSON mapping (hex trace and span ids, "
+        "nanosecond times as strings); split into one trace per OTLP trace id",
+        "properties": {"resourceSpans": {"type": "array", "items": {"type": "object"}}},
+    },
+    "OtlpStatus": {
+        "type": "object",
+        "description": "google.rpc.Status (JSON mapping; protobuf when the request was protobuf)",
+        "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
+    },
+    "ExportTraceServiceResponse": {
+        "type": "object",
+        "description": "OTLP's answer (JSON mapping; protobuf when the request was protobuf)",
+        "properties": {
+            "partialSuccess": {
+                "type": "object",
+                "properties": {
+                    "rejectedSpans": {"type": ["string", "integer"]},
+                    "errorMessage": {"type": "string"},
+                },
+            }
+        },
+    },
     "Accepted": {
         "type": "object",
         "required": ["success", "message", "timestamp", "data"],
@@ -130,6 +160,30 @@ SCHEMAS: dict[str, Any] = {
                     "platformId": {**UUID, "type": ["string", "null"]},
                     "status": {"const": "queued"},
                     "createdAt": TIME,
+                    "traces": {
+                        "type": "array",
+                        "description": "OTLP bodies only: every trace queued (data.id is the first's)",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "id": UUID,
+                                "externalId": {"type": "string"},
+                                "traceId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                                "platformId": {**UUID, "type": ["string", "null"]},
+                                "spans": {"type": "integer"},
+                            },
+                        },
+                    },
+                    "acceptedSpans": {"type": "integer", "description": "OTLP bodies only"},
+                    "rejectedSpans": {"type": "integer", "description": "OTLP bodies only"},
+                    "rejected": {
+                        "type": "array",
+                        "description": "OTLP bodies only: refused spans and why",
+                        "items": {
+                            "type": "object",
+                            "properties": {"spans": {"type": "integer"}, "reason": {"type": "string"}},
+                        },
+                    },
                 },
             },
         },
@@ -183,7 +237,16 @@ SCHEMAS: dict[str, Any] = {
     "PlatformType": {"type": "string", "enum": ["n8n", "flowise", "http_api", "custom"]},
     "Platform": {
         "type": "object",
-        "required": ["id", "project_id", "name", "type", "workflow_id", "chatflow_id", "created_at"],
+        "required": [
+            "id",
+            "project_id",
+            "name",
+            "type",
+            "workflow_id",
+            "chatflow_id",
+            "otlp_service_name",
+            "created_at",
+        ],
         "properties": {
             "id": UUID,
             "project_id": UUID,
@@ -191,6 +254,7 @@ SCHEMAS: dict[str, Any] = {
             "type": _ref("PlatformType"),
             "workflow_id": {"type": ["string", "null"]},
             "chatflow_id": {"type": ["string", "null"]},
+            "otlp_service_name": OTLP_SERVICE_NAME,
             "created_at": TIME,
         },
     },
@@ -261,6 +325,7 @@ def _admin_paths() -> dict[str, Any]:
             "type": _ref("PlatformType"),
             "workflow_id": {"type": ["string", "null"]},
             "chatflow_id": {"type": ["string", "null"]},
+            "otlp_service_name": OTLP_SERVICE_NAME,
         },
     }
     platform_patch = {
@@ -269,6 +334,7 @@ def _admin_paths() -> dict[str, Any]:
             "name": {"type": "string"},
             "workflow_id": {"type": ["string", "null"]},
             "chatflow_id": {"type": ["string", "null"]},
+            "otlp_service_name": OTLP_SERVICE_NAME,
         },
     }
     key_in = {
@@ -388,7 +454,16 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "application/json": {"schema": _ref("TraceBody")},
+                            "application/json": {
+                                "schema": {"oneOf": [_ref("TraceBody"), _ref("OtlpTraceRequest")]}
+                            },
+                            "application/x-protobuf": {
+                                "schema": {
+                                    "type": "string",
+                                    "format": "binary",
+                                    "description": "OTLP ExportTraceServiceRequest (protobuf)",
+                                }
+                            },
                             "application/octet-stream": {
                                 "schema": {
                                     "type": "string",
@@ -436,6 +511,44 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/traces": {
+                "post": {
+                    "tags": ["public"],
+                    "summary": "OTLP/HTTP trace export (protobuf or JSON); answered once Kafka acknowledged "
+                    "every trace of the request",
+                    "security": [{"apiKey": []}],
+                    "parameters": [public_headers[0], public_headers[2]],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-protobuf": {
+                                "schema": {
+                                    "type": "string",
+                                    "format": "binary",
+                                    "description": "ExportTraceServiceRequest",
+                                }
+                            },
+                            "application/json": {"schema": _ref("OtlpTraceRequest")},
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            _ref("ExportTraceServiceResponse"),
+                            "Accepted; partialSuccess says how many spans were refused and why",
+                        ),
+                        "400": _json(_ref("OtlpStatus"), "The body is not an ExportTraceServiceRequest"),
+                        "401": _json(_ref("OtlpStatus"), "Missing or invalid API key"),
+                        "413": _json(_ref("OtlpStatus"), "Larger than MAX_BODY_BYTES after decompression"),
+                        "415": _json(
+                            _ref("OtlpStatus"), "Neither application/x-protobuf nor application/json"
+                        ),
+                        "503": {
+                            **_json(_ref("OtlpStatus"), "Kafka did not acknowledge in time: retry"),
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                        },
+                    },
+                }
+            },
             "/public/traces/{id}": {
                 "get": {
                     "tags": ["public"],
@@ -460,7 +573,10 @@ def openapi_document() -> dict[str, Any]:
                                             "id": UUID,
                                             "platformId": UUID,
                                             "externalId": {"type": ["string", "null"]},
-                                            "bodyShape": {"type": "string", "enum": ["spans", "data"]},
+                                            "bodyShape": {
+                                                "type": "string",
+                                                "enum": ["spans", "data", "otlp"],
+                                            },
                                             "payload": {"type": "object", "description": "the body as sent"},
                                             "metadata": {"type": ["object", "null"]},
                                             "externalMetadata": {"type": ["object", "null"]},

@@ -11,6 +11,10 @@ JSON columns are returned as PostgreSQL renders them (``jsonb::text``, embedded 
 A trace sent with an ``x-request-id`` is one row per external id holding its newest version: its
 id is that version's (the id the last POST answered with), ``createdAt`` when the external id was
 first stored, ``updatedAt`` when a newer version last replaced it. An older version's id is 404.
+
+An OpenTelemetry trace (``bodyShape`` ``otlp``) is the union of its exports: its payload is
+``{"traceId", "spans": [...]}`` with the spans assembled from ``trace_spans`` (each with the
+``resource`` that sent it), ordered by start time; its id is the same for every export.
 """
 
 from __future__ import annotations
@@ -36,11 +40,19 @@ log = structlog.get_logger(__name__)
 DB_TIMEOUT_SECONDS = 5.0
 
 SELECT_TRACE = """
-SELECT id, platform_id, external_id, body_shape, payload::text, metadata::text, external_metadata::text,
-       received_at, stored_at, updated_at
-FROM traces
-WHERE id = %(id)s AND project_id = %(project_id)s
-  AND (NOT %(restricted)s OR platform_id = ANY(%(scope)s))
+SELECT t.id, t.platform_id, t.external_id, t.body_shape,
+       CASE WHEN t.body_shape = 'otlp' THEN (
+           t.payload || jsonb_build_object('spans', (
+               SELECT coalesce(
+                   jsonb_agg(s.span || jsonb_build_object('resource', s.resource)
+                             ORDER BY (s.span ->> 'start_time_unix_nano')::numeric NULLS FIRST, s.span_id),
+                   '[]'::jsonb)
+               FROM trace_spans s WHERE s.trace_id = t.id))
+       )::text ELSE t.payload::text END,
+       t.metadata::text, t.external_metadata::text, t.received_at, t.stored_at, t.updated_at
+FROM traces t
+WHERE t.id = %(id)s AND t.project_id = %(project_id)s
+  AND (NOT %(restricted)s OR t.platform_id = ANY(%(scope)s))
 """
 
 

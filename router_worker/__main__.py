@@ -14,23 +14,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from router_worker.metrics import RouterMetrics
 from router_worker.platforms import PlatformRegistry
 from router_worker.route import Router
-from shared.kafka import ensure_topics, make_consumer, make_producer
-from shared.logging import configure_logging
+from shared.kafka import make_consumer, make_producer
 from shared.settings import Settings, libpq_url
-from shared.topics import Topics
-from shared.worker import metrics_server, run_batches, start_with_retry, stop_on_signals
+from shared.worker import (
+    metrics_server,
+    run_batches,
+    run_service,
+    start_with_retry,
+    stop_on_signals,
+    topics_when_reachable,
+)
 
 log = structlog.get_logger("router_worker")
-
-
-async def _topics(settings: Settings, stop: asyncio.Event) -> Topics | None:
-    while not stop.is_set():
-        try:
-            return await ensure_topics(settings)
-        except Exception as exc:
-            log.warning("kafka not reachable yet; retrying", error=repr(exc))
-            await asyncio.sleep(1)
-    return None
 
 
 async def _loaded(registry: PlatformRegistry, stop: asyncio.Event) -> bool:
@@ -55,7 +50,7 @@ async def run(settings: Settings) -> None:
 
     async with metrics_server(metrics.registry, settings.metrics_host, settings.router_metrics_port, ready):
         await registry.start()
-        topics = await _topics(settings, stop)
+        topics = await topics_when_reachable(settings, stop)
         producer: AIOKafkaProducer | None = None
         try:
             if topics is None or not await _loaded(registry, stop):
@@ -87,16 +82,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> int:
-    settings = Settings.from_env()
-    configure_logging(settings.log_format, settings.log_level, service="router_worker")
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(run(settings))
-    return 0
+    return run_service("router_worker", run)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class PlatformInfo(msgspec.Struct, frozen=True):
     type: str
     workflow_id: str | None = None
     chatflow_id: str | None = None
+    otlp_service_name: str | None = None
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -57,7 +58,8 @@ EMPTY = Snapshot({}, {}, dt.datetime.min.replace(tzinfo=dt.UTC))
 async def load_snapshot(conn: psycopg.AsyncConnection[Any]) -> Snapshot:
     taken_at = dt.datetime.now(dt.UTC)
     cur = await conn.execute(
-        "SELECT id, project_id, name, type, workflow_id, chatflow_id FROM platforms ORDER BY created_at, id"
+        """SELECT id, project_id, name, type, workflow_id, chatflow_id, otlp_service_name
+           FROM platforms ORDER BY created_at, id"""
     )
     return Snapshot.of((PlatformInfo(*row) for row in await cur.fetchall()), taken_at)
 

@@ -4,8 +4,9 @@
    platform of the key's project.
 2. An explicit platform (``platformId`` / ``metadata.mibo.platform_id``) must be in the project
    (else ``platform_not_found``) and among the candidates (else ``platform_not_allowed``).
-3. Otherwise metadata hints narrow the candidates: ``chatflowId`` → Flowise platforms with that
-   chatflow id, ``workflowId`` → n8n platforms with that workflow id; all hints present must match.
+3. Otherwise hints narrow the candidates: ``chatflowId`` → Flowise platforms with that chatflow
+   id, ``workflowId`` → n8n platforms with that workflow id, an OTLP resource's ``service.name`` →
+   platforms (of any type) whose ``otlp_service_name`` it is; all hints present must match.
    - A hint that matches only platforms outside the key's scope → ``platform_not_allowed``.
    - Hints that each match something but no platform matches them all → ``platform_unresolved``.
    - Hints that match no platform of the project at all cannot narrow anything (the platform has
@@ -46,6 +47,8 @@ def _hint_text(hints: Hints) -> str:
         parts.append(f"workflowId={hints.workflow_id}")
     if hints.chatflow_id is not None:
         parts.append(f"chatflowId={hints.chatflow_id}")
+    if hints.service_name is not None:
+        parts.append(f"service.name={hints.service_name}")
     return " and ".join(parts)
 
 
@@ -63,15 +66,26 @@ def _chatflow_match(platform: PlatformInfo, hints: Hints) -> bool:
     )
 
 
+def _service_match(platform: PlatformInfo, hints: Hints) -> bool:
+    """Any platform type: OpenTelemetry can instrument anything."""
+    return hints.service_name is not None and platform.otlp_service_name == hints.service_name
+
+
 def _matches(platform: PlatformInfo, hints: Hints) -> bool:
     """True when ``platform`` matches every hint present."""
-    return (hints.workflow_id is None or _workflow_match(platform, hints)) and (
-        hints.chatflow_id is None or _chatflow_match(platform, hints)
+    return (
+        (hints.workflow_id is None or _workflow_match(platform, hints))
+        and (hints.chatflow_id is None or _chatflow_match(platform, hints))
+        and (hints.service_name is None or _service_match(platform, hints))
     )
 
 
 def _matches_any(platform: PlatformInfo, hints: Hints) -> bool:
-    return _workflow_match(platform, hints) or _chatflow_match(platform, hints)
+    return (
+        _workflow_match(platform, hints)
+        or _chatflow_match(platform, hints)
+        or _service_match(platform, hints)
+    )
 
 
 def resolve(envelope: RawEnvelope, snapshot: Snapshot) -> Decision:
@@ -100,7 +114,7 @@ def resolve(envelope: RawEnvelope, snapshot: Snapshot) -> Decision:
         return Routed(explicit, "explicit")
 
     hints = envelope.hints
-    hinted = hints.workflow_id is not None or hints.chatflow_id is not None
+    hinted = hints.workflow_id is not None or hints.chatflow_id is not None or hints.service_name is not None
     if hinted:
         text = _hint_text(hints)
         matching = [p for p in candidates if _matches(p, hints)]
@@ -137,7 +151,7 @@ def resolve(envelope: RawEnvelope, snapshot: Snapshot) -> Decision:
         return DeadLetter("platform_unresolved", f"{who} has no platform to route to{because}: {why}")
     return DeadLetter(
         "platform_ambiguous",
-        f"{who} sent no platformId and no matching workflowId/chatflowId{because}; "
+        f"{who} sent no platformId and no matching workflowId/chatflowId/service.name{because}; "
         f"it could be any of: {_describe(candidates)}",
         tuple(str(p.id) for p in candidates),
     )

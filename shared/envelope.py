@@ -15,14 +15,19 @@ import msgspec
 
 ENVELOPE_VERSION = 1
 
-BodyShape = Literal["spans", "data"]
+BodyShape = Literal["spans", "data", "otlp"]
+"""``otlp``: one OpenTelemetry trace's spans from one export (see ``shared.otlp``); the storage worker
+merges every part of a trace into one row."""
 
 
 class Hints(msgspec.Struct, frozen=True, omit_defaults=True):
-    """Routing hints taken from the body's ``metadata`` (SPEC §5 step 3)."""
+    """Routing hints (SPEC §5 step 3): ``workflow_id`` / ``chatflow_id`` from the body's
+    ``metadata``; ``service_name`` from an OTLP resource's ``service.name``. Absent hints are left
+    out of the JSON, so envelopes written before a hint existed decode unchanged."""
 
     workflow_id: str | None = None
     chatflow_id: str | None = None
+    service_name: str | None = None
 
 
 class RawEnvelope(msgspec.Struct, frozen=True, kw_only=True):

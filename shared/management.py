@@ -106,6 +106,7 @@ class Platform(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     workflow_id: str | None
     chatflow_id: str | None
+    otlp_service_name: str | None  # routes OTLP traces whose resource has this service.name
     created_at: dt.datetime
 
 
@@ -336,7 +337,7 @@ def _project_name_taken(name: str) -> Conflict:
 # Platforms
 
 
-_PLATFORM_COLUMNS = "id, project_id, name, type, workflow_id, chatflow_id, created_at"
+_PLATFORM_COLUMNS = "id, project_id, name, type, workflow_id, chatflow_id, otlp_service_name, created_at"
 
 
 async def create_platform(
@@ -347,23 +348,28 @@ async def create_platform(
     *,
     workflow_id: str | None = None,
     chatflow_id: str | None = None,
+    otlp_service_name: str | None = None,
 ) -> Platform:
+    """``otlp_service_name``: OTLP traces whose resource ``service.name`` is this value route
+    here (any platform type; unique within the project)."""
     name = _clean_name(name)
     type_ = _check_platform_type(platform_type)
     workflow_id = _check_identifier(workflow_id, "workflow_id")
     chatflow_id = _check_identifier(chatflow_id, "chatflow_id")
+    otlp_service_name = _check_identifier(otlp_service_name, "otlp_service_name")
     _check_identifiers_match_type(type_, workflow_id, chatflow_id)
+    ids = _RoutingIds(workflow_id, chatflow_id, otlp_service_name)
     try:
         async with conn.transaction():
             await _lock_project(conn, project_id)
             cur = await conn.cursor(row_factory=kwargs_row(Platform)).execute(
-                f"""INSERT INTO platforms (id, project_id, name, type, workflow_id, chatflow_id)
-                    VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_PLATFORM_COLUMNS}""",
-                (uuid.uuid4(), project_id, name, type_, workflow_id, chatflow_id),
+                f"""INSERT INTO platforms (id, project_id, name, type, workflow_id, chatflow_id, otlp_service_name)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_PLATFORM_COLUMNS}""",
+                (uuid.uuid4(), project_id, name, type_, workflow_id, chatflow_id, otlp_service_name),
             )
             return _one(await cur.fetchone())
     except pg_errors.UniqueViolation as exc:
-        raise await _platform_conflict(conn, exc, project_id, name, workflow_id, chatflow_id) from None
+        raise await _platform_conflict(conn, exc, project_id, name, ids) from None
     except pg_errors.ForeignKeyViolation:
         raise _project_not_found(project_id) from None
 
@@ -428,6 +434,7 @@ async def update_platform(
     name: str | msgspec.UnsetType = msgspec.UNSET,
     workflow_id: str | msgspec.UnsetType | None = msgspec.UNSET,
     chatflow_id: str | msgspec.UnsetType | None = msgspec.UNSET,
+    otlp_service_name: str | msgspec.UnsetType | None = msgspec.UNSET,
 ) -> Platform:
     """Change what is given; ``None`` clears an identifier, ``UNSET`` leaves a field alone.
     The type never changes: routing identifiers and key scopes depend on it."""
@@ -437,17 +444,20 @@ async def update_platform(
             new_name = current.name if name is msgspec.UNSET else _clean_name(name)
             new_wf = current.workflow_id if workflow_id is msgspec.UNSET else workflow_id
             new_cf = current.chatflow_id if chatflow_id is msgspec.UNSET else chatflow_id
+            new_svc = current.otlp_service_name if otlp_service_name is msgspec.UNSET else otlp_service_name
             new_wf = _check_identifier(new_wf, "workflow_id")
             new_cf = _check_identifier(new_cf, "chatflow_id")
+            new_svc = _check_identifier(new_svc, "otlp_service_name")
             _check_identifiers_match_type(current.type, new_wf, new_cf)
+            ids = _RoutingIds(new_wf, new_cf, new_svc)
             cur = await conn.cursor(row_factory=kwargs_row(Platform)).execute(
-                f"""UPDATE platforms SET name = %s, workflow_id = %s, chatflow_id = %s
+                f"""UPDATE platforms SET name = %s, workflow_id = %s, chatflow_id = %s, otlp_service_name = %s
                     WHERE id = %s RETURNING {_PLATFORM_COLUMNS}""",
-                (new_name, new_wf, new_cf, platform_id),
+                (new_name, new_wf, new_cf, new_svc, platform_id),
             )
             return _one(await cur.fetchone())
     except pg_errors.UniqueViolation as exc:
-        raise await _platform_conflict(conn, exc, project_id, new_name, new_wf, new_cf) from None
+        raise await _platform_conflict(conn, exc, project_id, new_name, ids) from None
 
 
 async def delete_platform(
@@ -491,20 +501,29 @@ def _platform_not_found(platform_id: uuid.UUID) -> NotFound:
     )
 
 
+class _RoutingIds(msgspec.Struct, frozen=True):
+    """A platform's routing identifiers as written (to name the one a conflict is about)."""
+
+    workflow_id: str | None
+    chatflow_id: str | None
+    otlp_service_name: str | None
+
+
 async def _platform_conflict(
     conn: psycopg.AsyncConnection[Any],
     exc: pg_errors.UniqueViolation,
     project_id: uuid.UUID,
     name: str,
-    workflow_id: str | None,
-    chatflow_id: str | None,
+    ids: _RoutingIds,
 ) -> Conflict:
     """Say exactly which name or identifier is taken, and by which platform."""
     constraint = exc.diag.constraint_name or ""
     if constraint == "uq_platforms_project_type_workflow":
-        return await _identifier_taken(conn, project_id, "n8n", "workflow_id", workflow_id)
+        return await _identifier_taken(conn, project_id, "n8n", "workflow_id", ids.workflow_id)
     if constraint == "uq_platforms_project_type_chatflow":
-        return await _identifier_taken(conn, project_id, "flowise", "chatflow_id", chatflow_id)
+        return await _identifier_taken(conn, project_id, "flowise", "chatflow_id", ids.chatflow_id)
+    if constraint == "uq_platforms_project_otlp_service_name":
+        return await _identifier_taken(conn, project_id, None, "otlp_service_name", ids.otlp_service_name)
     if constraint == "uq_platforms_project_id_name":
         msg = f"a platform named {_q(name)} already exists in this project"
         return Conflict(msg, [Problem("unique", msg, "name")])
@@ -512,15 +531,24 @@ async def _platform_conflict(
 
 
 async def _identifier_taken(
-    conn: psycopg.AsyncConnection[Any], project_id: uuid.UUID, type_: str, field: str, value: str | None
+    conn: psycopg.AsyncConnection[Any],
+    project_id: uuid.UUID,
+    type_: str | None,
+    field: str,
+    value: str | None,
 ) -> Conflict:
-    assert field in ("workflow_id", "chatflow_id")
+    """``type_`` None: the identifier is unique within the project whatever the type."""
+    assert field in ("workflow_id", "chatflow_id", "otlp_service_name")
     cur = await conn.execute(
-        f"SELECT id, name FROM platforms WHERE project_id = %s AND type = %s AND {field} = %s",
-        (project_id, type_, value),
+        f"""SELECT id, name, type FROM platforms
+            WHERE project_id = %s AND (%s::text IS NULL OR type = %s) AND {field} = %s""",
+        (project_id, type_, type_, value),
     )
     row = await cur.fetchone()
-    holder = f"{type_} platform {_q(row[1])} ({row[0]})" if row else f"another {type_} platform"
+    if row:
+        holder = f"{row[2]} platform {_q(row[1])} ({row[0]})"
+    else:
+        holder = f"another {type_} platform" if type_ else "another platform"
     msg = f"{field} {_q(value)} is already used by {holder}"
     return Conflict(msg, [Problem("unique", msg, field)])
 

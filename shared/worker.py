@@ -22,6 +22,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
+from shared.kafka import ensure_topics
+from shared.logging import configure_logging
+from shared.settings import Settings
+from shared.topics import Topics
+
 log = structlog.get_logger(__name__)
 
 Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -141,3 +146,33 @@ async def start_with_retry(factory: Callable[[], Client], what: str, stop: async
                     await stop.wait()
             backoff = min(backoff * 2, 10.0)
     return None
+
+
+async def topics_when_reachable(settings: Settings, stop: asyncio.Event) -> Topics | None:
+    """The contract's topics (created if missing), retrying while Kafka is away; None if stopped."""
+    while not stop.is_set():
+        try:
+            return await asyncio.wait_for(ensure_topics(settings), 10)
+        except Exception as exc:
+            log.warning("kafka not reachable yet; retrying", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await stop.wait()
+    return None
+
+
+def run_service(name: str, run: Callable[[Settings], Awaitable[None]]) -> int:
+    """A worker's ``main``: settings → logging → (uvloop) → ``run(settings)`` until it returns."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level, service=name)
+    if not settings.database_url:
+        structlog.get_logger(name).error("DATABASE_URL is not set")
+        return 2
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(run(settings))
+    return 0

@@ -8,17 +8,21 @@ SIGTERM: the batch in hand is finished and committed, last-used times are flushe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from shared.kafka import ensure_topics, make_consumer, make_producer
-from shared.logging import configure_logging
+from shared.kafka import make_consumer, make_producer
 from shared.settings import Settings, libpq_url
-from shared.topics import Topics
-from shared.worker import metrics_server, run_batches, start_with_retry, stop_on_signals
+from shared.worker import (
+    metrics_server,
+    run_batches,
+    run_service,
+    start_with_retry,
+    stop_on_signals,
+    topics_when_reachable,
+)
 from storage_worker.database import Database
 from storage_worker.last_used import LastUsedTracker, final_flush, flush_every
 from storage_worker.metrics import StorageMetrics
@@ -26,18 +30,6 @@ from storage_worker.step import StoreStep
 from storage_worker.write import create_stage
 
 log = structlog.get_logger("storage_worker")
-
-
-async def _topics(settings: Settings, stop: asyncio.Event) -> Topics | None:
-    while not stop.is_set():
-        try:
-            return await ensure_topics(settings)
-        except Exception as exc:
-            log.warning("kafka not reachable yet; retrying", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1):
-                    await stop.wait()
-    return None
 
 
 async def run(settings: Settings) -> None:
@@ -56,7 +48,7 @@ async def run(settings: Settings) -> None:
 
     async with metrics_server(metrics.registry, settings.metrics_host, settings.storage_metrics_port, ready):
         try:
-            topics = await _topics(settings, stop)
+            topics = await topics_when_reachable(settings, stop)
             if topics is None:
                 return
             producer = await start_with_retry(lambda: make_producer(settings), "dlq producer", stop)
@@ -95,19 +87,7 @@ async def run(settings: Settings) -> None:
 
 
 def main() -> int:
-    settings = Settings.from_env()
-    configure_logging(settings.log_format, settings.log_level, service="storage_worker")
-    if not settings.database_url:
-        log.error("DATABASE_URL is not set")
-        return 2
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(run(settings))
-    return 0
+    return run_service("storage_worker", run)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The storage worker's Prometheus metrics (served on ``STORAGE_METRICS_PORT``).
 
-Every record read ends in exactly one of: stored, replaced, duplicate, stale, dead-lettered — so
-``accepted = stored + replaced + stale + dead-lettered (router + storage)`` can be checked across
-the pipeline (duplicates are re-deliveries of records already counted once).
+Every record read ends in exactly one of: stored, replaced, merged, duplicate, stale,
+dead-lettered — so ``accepted = stored + replaced + merged + stale + dead-lettered (router +
+storage)`` can be checked across the pipeline (duplicates are re-deliveries of records already
+counted once). ``merged`` is an OTLP part whose spans joined a trace already stored (or another
+part of it in the same batch).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ class StorageMetrics:
             "storage_traces_replaced", "Stored traces overwritten by a newer version (same external id)",
             registry=r,
         )  # fmt: skip
+        self.merged = Counter(
+            "storage_otlp_parts_merged", "OTLP parts whose spans were merged into a stored trace", registry=r
+        )
         self.duplicates = Counter(
             "storage_duplicates_ignored", "Records already stored (re-delivery, replay): nothing written",
             registry=r,

@@ -8,6 +8,11 @@ block its partition.
 
 JSON columns stay JSON text end to end (``msgspec.Raw`` slices, never parsed into Python objects):
 PostgreSQL parses them once, into ``jsonb``, and is the judge of what it accepts.
+
+An OTLP part (shape ``otlp``, see ``shared.otlp``) becomes a row whose ``spans`` hold its spans,
+each with its version (the part's id and received-at) and the part's resource: they go to
+``trace_spans``, merged span by span into the trace (``storage_worker.merge``). Its ``payload`` is
+``{"traceId": ...}`` and its ``metadata`` the resource's attributes.
 """
 
 from __future__ import annotations
@@ -20,15 +25,35 @@ from dataclasses import dataclass
 import msgspec
 from aiokafka.structs import ConsumerRecord
 
+from shared import otlp
 from shared.dlq import DeadLetter
-from shared.envelope import decode_routed
+from shared.envelope import RoutedEnvelope, decode_routed
 
 _NULL = msgspec.Raw(b"null")
 
 
+class SpanVersion(msgspec.Struct, frozen=True):
+    """One span of an OTLP part, as ``trace_spans`` stores it. ``(received_at, part_id)`` is its
+    version: of two versions of a span the newer wins, wherever and whenever they meet."""
+
+    span_id: str
+    part_id: uuid.UUID  # the envelope's trace id (UUIDv7)
+    received_at: dt.datetime
+    span: str  # the canonical span (JSON text)
+    resource: str  # the part's resource attributes (JSON text)
+
+    @property
+    def version(self) -> tuple[dt.datetime, uuid.UUID]:
+        return (self.received_at, self.part_id)
+
+
 class TraceRow(msgspec.Struct, frozen=True, kw_only=True):
     """One ``traces`` row. ``payload`` is the request body exactly as the client sent it;
-    ``metadata`` and ``external_metadata`` are copied out of it so they can be queried alone."""
+    ``metadata`` and ``external_metadata`` are copied out of it so they can be queried alone.
+
+    For an OTLP part ``id`` is the part's own (envelope) id — what re-deliveries are recognised
+    by — while the stored row's id is ``shared.otlp.stored_trace_id`` (see :func:`stored_id`);
+    ``spans`` holds its spans (empty for every other shape)."""
 
     id: uuid.UUID
     project_id: uuid.UUID
@@ -40,6 +65,19 @@ class TraceRow(msgspec.Struct, frozen=True, kw_only=True):
     metadata: str | None
     external_metadata: str | None
     received_at: dt.datetime
+    spans: tuple[SpanVersion, ...] = ()
+
+    @property
+    def is_otlp(self) -> bool:
+        return self.body_shape == otlp.SHAPE
+
+
+def stored_id(row: TraceRow) -> uuid.UUID:
+    """The ``traces.id`` this row is written as: its own id, or an OTLP trace's derived one."""
+    if row.is_otlp:
+        assert row.external_id is not None
+        return otlp.stored_trace_id(row.project_id, row.external_id)
+    return row.id
 
 
 class Source(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,10 +92,20 @@ class Source(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Pending(msgspec.Struct, frozen=True):
-    """A decoded row on its way to the database."""
+    """A decoded row on its way to the database.
+
+    ``parts``: when several OTLP parts of one trace met in one batch, the write that merges them
+    (``row``, ``source`` of the newest) lists every original part here, so each can be counted
+    and, if PostgreSQL refuses the write, dead-lettered; empty otherwise."""
 
     row: TraceRow
     source: Source
+    parts: tuple[Pending, ...] = ()
+
+    @property
+    def originals(self) -> tuple[Pending, ...]:
+        """The records this write stands for."""
+        return self.parts or (self,)
 
 
 class Invalid(msgspec.Struct, frozen=True):
@@ -75,6 +123,22 @@ class _BodyParts(msgspec.Struct):
 
 
 _body_decoder = msgspec.json.Decoder(_BodyParts)
+
+
+class _OtlpBody(msgspec.Struct):
+    """An OTLP part's body (``shared.otlp.TraceBody``), spans kept as JSON text."""
+
+    traceId: str
+    resource: msgspec.Raw
+    spans: list[msgspec.Raw]
+
+
+class _SpanId(msgspec.Struct):
+    span_id: str
+
+
+_otlp_decoder = msgspec.json.Decoder(_OtlpBody)
+_span_id_decoder = msgspec.json.Decoder(_SpanId)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +184,8 @@ def decode_record(record: ConsumerRecord[bytes, bytes]) -> Pending | Invalid:
         return _invalid(source, f"The trace body is not valid UTF-8: {exc}")
     if envelope.received_at.tzinfo is None:  # versions are ordered by it: it must be an instant
         return _invalid(source, "received_at has no time zone")
+    if envelope.shape == otlp.SHAPE:
+        return _otlp_row(envelope, body, source)
     row = TraceRow(
         id=envelope.trace_id,
         project_id=envelope.project_id,
@@ -131,6 +197,40 @@ def decode_record(record: ConsumerRecord[bytes, bytes]) -> Pending | Invalid:
         metadata=metadata,
         external_metadata=external_metadata,
         received_at=envelope.received_at,
+    )
+    return Pending(row, source)
+
+
+def _otlp_row(envelope: RoutedEnvelope, body: bytes, source: Source) -> Pending | Invalid:
+    try:
+        parts = _otlp_decoder.decode(body)
+        ids = [_span_id_decoder.decode(span).span_id for span in parts.spans]
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return _invalid(source, f"The OTLP trace body is not valid: {exc}")
+    if envelope.external_id != otlp.external_id(parts.traceId):
+        return _invalid(
+            source, f"An OTLP trace's external id must be otlp:<traceId>, not {envelope.external_id!r}"
+        )
+    if not ids or not all(ids):
+        return _invalid(source, "An OTLP trace body needs spans, each with a span_id")
+    resource = bytes(parts.resource).decode()
+    spans: dict[str, SpanVersion] = {}
+    for span_id, span in zip(ids, parts.spans, strict=True):  # a span id twice: the last one
+        spans[span_id] = SpanVersion(
+            span_id, envelope.trace_id, envelope.received_at, bytes(span).decode(), resource
+        )
+    row = TraceRow(
+        id=envelope.trace_id,
+        project_id=envelope.project_id,
+        platform_id=envelope.routed_platform_id,
+        api_key_id=envelope.key_id,
+        external_id=envelope.external_id,
+        body_shape=envelope.shape,
+        payload=msgspec.json.encode({"traceId": parts.traceId}).decode(),
+        metadata=resource,
+        external_metadata=None,
+        received_at=envelope.received_at,
+        spans=tuple(spans.values()),
     )
     return Pending(row, source)
 

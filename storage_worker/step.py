@@ -69,8 +69,10 @@ class StoreStep:
             self._committed = (key, result)
 
         letters = [dead_letters.letter(item.source, item.dead) for item in decoded.invalid]
-        letters += [
-            dead_letters.letter(r.pending.source, dead_letters.rejected(r.detail)) for r in result.rejected
+        letters += [  # a refused merge of OTLP parts: every part it stood for
+            dead_letters.letter(part.source, dead_letters.rejected(r.detail))
+            for r in result.rejected
+            for part in r.pending.originals
         ]
         await dead_letters.send_all(self._producer, self._dlq_topic, letters)
         self._committed = None
@@ -79,7 +81,7 @@ class StoreStep:
         outcomes["duplicate"] += len(plan.duplicates)
         outcomes["stale"] += len(plan.stale)
         self._count(len(records), outcomes, letters)
-        refused = {r.pending.row.id for r in result.rejected}
+        refused = {part.row.id for r in result.rejected for part in r.pending.originals}
         self._tracker.note_all(
             (item.row.api_key_id, item.row.received_at)
             for item in decoded.pending
@@ -110,6 +112,7 @@ class StoreStep:
         m.batch_size.observe(size)
         m.stored.inc(outcomes["stored"])
         m.replaced.inc(outcomes["replaced"])
+        m.merged.inc(outcomes["merged"])
         m.duplicates.inc(outcomes["duplicate"])
         m.stale.inc(outcomes["stale"])
         for item in letters:

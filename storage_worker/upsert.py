@@ -13,6 +13,10 @@ statement, and only the newest version matters anyway, so the batch is collapsed
 The database then applies the same rule against what is already stored (``write.py``: a row
 holds the id and received-at of its current version), and ``classify_conflicts`` names the outcome
 of every row the database did not write.
+
+OTLP parts (shape ``otlp``) are not versions of a trace but pieces of it: parts of one trace in a
+batch are *merged* into one write (``storage_worker.merge.fold``), never dropped as stale, and
+their outcomes are named after the write (``merge.classify``).
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from storage_worker.merge import fold
 from storage_worker.rows import Pending, TraceRow
 
-Outcome = Literal["stored", "replaced", "duplicate", "stale"]
+Outcome = Literal["stored", "replaced", "duplicate", "stale", "merged"]
 """stored: a new row. replaced: a newer version overwrote a stored row. duplicate: this very
-version was already stored (re-delivery, replay). stale: an older version than the stored one."""
+version was already stored (re-delivery, replay). stale: an older version than the stored one.
+merged: an OTLP part whose spans were merged into a stored trace."""
 
 Identity = tuple[uuid.UUID, str] | uuid.UUID
 
@@ -42,7 +48,7 @@ def _version(row: TraceRow) -> tuple[dt.datetime, uuid.UUID]:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    writes: list[Pending]  # one per identity: the newest version in the batch, in batch order
+    writes: list[Pending]  # one per identity: the newest version in the batch (or the merged OTLP parts)
     duplicates: list[Pending]  # the same trace id seen again in the batch
     stale: list[Pending]  # older versions of an identity whose newer version is in the batch
 
@@ -61,6 +67,8 @@ def collapse(pending: Iterable[Pending]) -> Plan:
         current = newest.get(key)
         if current is None:
             newest[key] = item
+        elif item.row.is_otlp and current.row.is_otlp:
+            newest[key] = fold(current, item)
         elif _version(item.row) > _version(current.row):
             stale.append(current)
             newest[key] = item

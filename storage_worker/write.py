@@ -20,6 +20,19 @@ Two statements, because an ``ON CONFLICT`` names one target:
   exactly as in ``upsert.collapse``.
 ``RETURNING (xmax = 0)`` tells an insert from an update (a fresh tuple has no deleting xid).
 
+OTLP traces (body_shape ``otlp``, identity ``(project_id, 'otlp:<trace id>')``) take a third path,
+the merge of ``storage_worker.merge`` (why a spans table: migration 0004):
+- the trace row: ``ON CONFLICT (project_id, external_id) DO UPDATE`` of the trace-level columns
+  when the part is newer by received-at (the row's id is derived from the trace and never
+  changes);
+- its spans: binary COPY into a second staging table, then ``INSERT INTO trace_spans ... ON
+  CONFLICT (trace_id, span_id) DO UPDATE ... WHERE (stored.received_at, stored.part_id) <
+  (new.received_at, new.part_id)`` — a span's newer version replaces it, the same or an older one
+  changes nothing, so re-deliveries are no-ops; ``RETURNING`` says which versions were written;
+- ``updated_at`` of traces that gained spans without a trace-level change (an older part arriving
+  late) is bumped, and the parts that wrote nothing are told apart as duplicate or stale by the
+  stored spans' part ids.
+
 Poison rows: when PostgreSQL refuses the batch because of its data (``\\u0000`` in a JSON string,
 a number out of range, the project deleted meanwhile: SQLSTATE classes 21, 22, 23, 54), the
 transaction is rolled back and the batch is written again by bisection inside savepoints: halves
@@ -40,7 +53,8 @@ import psycopg
 import structlog
 from psycopg import errors as pg_errors
 
-from storage_worker.rows import Pending, TraceRow
+from storage_worker.merge import classify
+from storage_worker.rows import Pending, TraceRow, stored_id
 from storage_worker.upsert import Outcome, StoredVersion, classify_conflicts
 
 log = structlog.get_logger(__name__)
@@ -68,6 +82,18 @@ CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} (
 """
 # JSON travels as text and is cast to jsonb by the INSERT: PostgreSQL parses each document once.
 
+SPAN_STAGE = "storage_span_stage"
+CREATE_SPAN_STAGE = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS {SPAN_STAGE} (
+    trace_id uuid NOT NULL,
+    span_id text NOT NULL,
+    part_id uuid NOT NULL,
+    received_at timestamptz NOT NULL,
+    span text NOT NULL,
+    resource text NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
 COPY_STAGE = f"COPY {STAGE} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
 STAGE_TYPES = ("uuid", "uuid", "uuid", "uuid", "text", "text", "text", "text", "text", "timestamptz")
 # Binary COPY: text goes over as its UTF-8 bytes, with no escaping scan over every 1 KB body on
@@ -88,7 +114,7 @@ RETURNING id
 
 UPSERT_BY_EXTERNAL_ID = f"""
 INSERT INTO traces AS stored ({_COLUMN_LIST})
-{_SELECT_STAGE} WHERE external_id IS NOT NULL ORDER BY project_id, external_id
+{_SELECT_STAGE} WHERE external_id IS NOT NULL AND body_shape <> 'otlp' ORDER BY project_id, external_id
 ON CONFLICT (project_id, external_id) DO UPDATE SET
     id = EXCLUDED.id,
     platform_id = EXCLUDED.platform_id,
@@ -103,6 +129,48 @@ WHERE (stored.received_at, stored.id) < (EXCLUDED.received_at, EXCLUDED.id)
 RETURNING stored.project_id, stored.external_id, (stored.xmax = 0) AS inserted
 """
 # ORDER BY: concurrent writers (two workers during a rebalance) take row locks in the same order.
+
+UPSERT_OTLP_TRACES = f"""
+INSERT INTO traces AS stored ({_COLUMN_LIST})
+{_SELECT_STAGE} WHERE body_shape = 'otlp' ORDER BY project_id, external_id
+ON CONFLICT (project_id, external_id) DO UPDATE SET
+    platform_id = EXCLUDED.platform_id,
+    api_key_id = EXCLUDED.api_key_id,
+    payload = EXCLUDED.payload,
+    metadata = EXCLUDED.metadata,
+    received_at = EXCLUDED.received_at,
+    updated_at = now()
+WHERE stored.body_shape = 'otlp' AND stored.received_at < EXCLUDED.received_at
+RETURNING stored.id, (stored.xmax = 0) AS inserted
+"""
+# A stored row of another shape under an otlp: external id (impossible through the API, which
+# reserves the prefix) is left alone; its spans then fail their foreign key and are dead-lettered.
+
+COPY_SPAN_STAGE = (
+    f"COPY {SPAN_STAGE} (trace_id, span_id, part_id, received_at, span, resource) FROM STDIN (FORMAT BINARY)"
+)
+SPAN_STAGE_TYPES = ("uuid", "text", "uuid", "timestamptz", "text", "text")
+
+UPSERT_SPANS = f"""
+INSERT INTO trace_spans AS stored (trace_id, span_id, part_id, received_at, span, resource)
+SELECT trace_id, span_id, part_id, received_at, span::jsonb, resource::jsonb
+FROM {SPAN_STAGE} ORDER BY trace_id, span_id
+ON CONFLICT (trace_id, span_id) DO UPDATE SET
+    part_id = EXCLUDED.part_id,
+    received_at = EXCLUDED.received_at,
+    span = EXCLUDED.span,
+    resource = EXCLUDED.resource
+WHERE (stored.received_at, stored.part_id) < (EXCLUDED.received_at, EXCLUDED.part_id)
+RETURNING stored.trace_id, stored.span_id, stored.part_id
+"""
+
+TOUCH_TRACES = "UPDATE traces SET updated_at = now() WHERE id = ANY(%s)"
+
+STORED_SPAN_PARTS = """
+SELECT s.trace_id, s.span_id, s.part_id
+FROM unnest(%s::uuid[], %s::text[]) AS wanted(trace_id, span_id)
+JOIN trace_spans s ON s.trace_id = wanted.trace_id AND s.span_id = wanted.span_id
+"""
 
 STORED_VERSIONS = """
 SELECT t.project_id, t.external_id, t.id, t.received_at
@@ -140,12 +208,15 @@ async def create_stage(conn: psycopg.AsyncConnection[Any]) -> None:
     """Run on every new connection (``Database(setup=...)``): temporary tables are per session."""
     async with conn.transaction():
         await conn.execute(CREATE_STAGE)
+        await conn.execute(CREATE_SPAN_STAGE)
 
 
 def refusal_detail(row: TraceRow, exc: psycopg.Error) -> str:
     """A sentence for operators: which trace, and what PostgreSQL said."""
     which = f"trace {row.id} (project {row.project_id}"
     which += f", external id {row.external_id!r})" if row.external_id is not None else ")"
+    if row.is_otlp:
+        which = f"OTLP trace {row.external_id} (project {row.project_id}, {len(row.spans)} span(s), part {row.id})"
     diag = exc.diag
     said = diag.message_primary or str(exc).strip()
     if diag.message_detail:
@@ -157,16 +228,18 @@ def refusal_detail(row: TraceRow, exc: psycopg.Error) -> str:
 
 def _copy_row(row: TraceRow) -> tuple[Any, ...]:
     return (
-        row.id, row.project_id, row.platform_id, row.api_key_id, row.external_id, row.body_shape,
+        stored_id(row), row.project_id, row.platform_id, row.api_key_id, row.external_id, row.body_shape,
         row.payload, row.metadata, row.external_metadata, row.received_at,
     )  # fmt: skip
 
 
-async def _attempt(conn: psycopg.AsyncConnection[Any], rows: Sequence[TraceRow]) -> dict[uuid.UUID, Outcome]:
-    """Stage ``rows`` and upsert them; the caller holds the transaction (or savepoint)."""
+async def _attempt(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending]) -> dict[uuid.UUID, Outcome]:
+    """Stage ``items`` and upsert them; the caller holds the transaction (or savepoint)."""
     outcomes: dict[uuid.UUID, Outcome] = {}
+    rows = [item.row for item in items]
     by_id = [row for row in rows if row.external_id is None]
-    by_external_id = [row for row in rows if row.external_id is not None]
+    by_external_id = [row for row in rows if row.external_id is not None and not row.is_otlp]
+    otlp_writes = [item for item in items if item.row.is_otlp]
     async with conn.cursor() as cur:
         async with cur.copy(COPY_STAGE) as copy:
             copy.set_types(STAGE_TYPES)
@@ -193,6 +266,53 @@ async def _attempt(conn: psycopg.AsyncConnection[Any], rows: Sequence[TraceRow])
                 )
                 stored = {(p, e): StoredVersion(i, at) for p, e, i, at in await cur.fetchall()}
                 outcomes.update(classify_conflicts(losers, stored))
+        if otlp_writes:
+            outcomes.update(await _merge_otlp(cur, otlp_writes))
+    return outcomes
+
+
+async def _merge_otlp(cur: psycopg.AsyncCursor[Any], writes: Sequence[Pending]) -> dict[uuid.UUID, Outcome]:
+    """The trace rows (staged already), then their spans; the outcome of every original part."""
+    await cur.execute(UPSERT_OTLP_TRACES)
+    changed = {trace_id: inserted for trace_id, inserted in await cur.fetchall()}
+    async with cur.copy(COPY_SPAN_STAGE) as copy:
+        copy.set_types(SPAN_STAGE_TYPES)
+        for item in writes:
+            trace_id = stored_id(item.row)
+            for s in item.row.spans:
+                await copy.write_row((trace_id, s.span_id, s.part_id, s.received_at, s.span, s.resource))
+    await cur.execute(UPSERT_SPANS)
+    written: dict[uuid.UUID, set[tuple[str, uuid.UUID]]] = {}
+    for trace_id, span_id, part_id in await cur.fetchall():
+        written.setdefault(trace_id, set()).add((span_id, part_id))
+    touched = [trace_id for trace_id in written if trace_id not in changed]
+    if touched:
+        await cur.execute(TOUCH_TRACES, (touched,))
+
+    def wrote(row: TraceRow) -> bool:
+        mine = written.get(stored_id(row), set())
+        return any((span.span_id, row.id) in mine for span in row.spans)
+
+    # parts that wrote nothing are duplicate or stale: which part's version of their spans is stored?
+    idle = [part.row for item in writes for part in item.originals if not wrote(part.row)]
+    wanted = [(stored_id(row), span.span_id) for row in idle for span in row.spans]
+    stored: dict[uuid.UUID, dict[str, uuid.UUID]] = {}
+    if wanted:
+        await cur.execute(STORED_SPAN_PARTS, ([t for t, _ in wanted], [s for _, s in wanted]))
+        for trace_id, span_id, part_id in await cur.fetchall():
+            stored.setdefault(trace_id, {})[span_id] = part_id
+
+    outcomes: dict[uuid.UUID, Outcome] = {}
+    for item in writes:
+        trace_id = stored_id(item.row)
+        outcomes.update(
+            classify(
+                [part.row for part in item.originals],
+                inserted=changed.get(trace_id, False),
+                written=written.get(trace_id, set()),
+                stored=stored.get(trace_id, {}),
+            )
+        )
     return outcomes
 
 
@@ -201,7 +321,8 @@ async def _isolate(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending])
     try:
         async with conn.transaction():  # a savepoint: the outer transaction is open
             await conn.execute(f"DELETE FROM {STAGE}")  # rows staged by an earlier sub-batch
-            return WriteResult(await _attempt(conn, [item.row for item in items]))
+            await conn.execute(f"DELETE FROM {SPAN_STAGE}")
+            return WriteResult(await _attempt(conn, items))
     except ROW_FAULTS as exc:
         if len(items) == 1:
             detail = refusal_detail(items[0].row, exc)
@@ -221,7 +342,7 @@ async def write_rows(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending
         return WriteResult()
     try:
         async with conn.transaction():
-            return WriteResult(await _attempt(conn, [item.row for item in items]))
+            return WriteResult(await _attempt(conn, items))
     except ROW_FAULTS as exc:
         log.info("batch refused; isolating the rows PostgreSQL refuses", rows=len(items), error=str(exc))
     async with conn.transaction():

@@ -18,7 +18,9 @@ from shared.settings import Settings
 KEY_RE = re.compile(r"^mibo_[0-9A-Za-z]{32,}$")
 ANY_KEY = re.compile(r"mibo_[0-9A-Za-z]{32,}")
 PROJECT_FIELDS = {"id", "name", "created_at"}
-PLATFORM_FIELDS = {"id", "project_id", "name", "type", "workflow_id", "chatflow_id", "created_at"}
+PLATFORM_FIELDS = {
+    "id", "project_id", "name", "type", "workflow_id", "chatflow_id", "otlp_service_name", "created_at",
+}  # fmt: skip
 CREATED_KEY_FIELDS = {"id", "name", "key", "masked", "platform_ids", "created_at"}
 LISTED_KEY_FIELDS = {"id", "name", "masked", "platform_ids", "created_at", "last_used_at"}
 
@@ -297,6 +299,64 @@ async def test_conflicts_are_409_with_a_precise_message(
     assert same_name["error"]["message"] == 'a platform named "A" already exists in this project'
     assert_error(
         await call(client, "POST", "/projects", auth, {"name": project["name"]}, status=409), "CONFLICT"
+    )
+
+
+async def test_otlp_service_name_is_set_patched_cleared_and_unique_within_the_project(
+    client: TestClient[Any, Any], auth: dict[str, str]
+) -> None:
+    project = await new_project(client, auth)
+    base = f"/projects/{project['id']}"
+    api = await call(
+        client,
+        "POST",
+        f"{base}/platforms",
+        auth,
+        {"name": "checkout", "type": "http_api", "otlp_service_name": "checkout-svc"},
+        status=201,
+    )
+    assert api["otlp_service_name"] == "checkout-svc"
+    n8n = await call(client, "POST", f"{base}/platforms", auth, {"name": "n8n", "type": "n8n"}, status=201)
+    assert n8n["otlp_service_name"] is None
+    # unique within the project whatever the type
+    dup = await call(
+        client,
+        "PATCH",
+        f"{base}/platforms/{n8n['id']}",
+        auth,
+        {"otlp_service_name": "checkout-svc"},
+        status=409,
+    )
+    (detail,) = assert_error(dup, "CONFLICT")
+    assert dup["error"]["message"] == (
+        f'otlp_service_name "checkout-svc" is already used by http_api platform "checkout" ({api["id"]})'
+    )
+    assert detail["path"] == "otlp_service_name"
+    patched = await call(
+        client, "PATCH", f"{base}/platforms/{n8n['id']}", auth, {"otlp_service_name": "flows"}, status=200
+    )
+    assert (patched["otlp_service_name"], patched["type"]) == ("flows", "n8n")
+    cleared = await call(
+        client, "PATCH", f"{base}/platforms/{api['id']}", auth, {"otlp_service_name": None}, status=200
+    )
+    assert cleared["otlp_service_name"] is None
+    bad = await call(
+        client,
+        "POST",
+        f"{base}/platforms",
+        auth,
+        {"name": "x", "type": "custom", "otlp_service_name": " padded"},
+        status=400,
+    )
+    assert assert_error(bad, "VALIDATION_ERROR")[0]["path"] == "otlp_service_name"
+    other = await new_project(client, auth)  # another project may use the same name
+    await call(
+        client,
+        "POST",
+        f"/projects/{other['id']}/platforms",
+        auth,
+        {"name": "c", "type": "custom", "otlp_service_name": "flows"},
+        status=201,
     )
 
 

@@ -194,6 +194,30 @@ def test_platform_update_and_delete(settings: Settings) -> None:
     assert ok_json(settings, "platforms", "list", "-p", name) == []
 
 
+def test_platform_otlp_service_name(settings: Settings) -> None:
+    name = unique("proj")
+    ok(settings, "projects", "create", name)
+    created = ok_json(
+        settings,
+        "platforms",
+        "create",
+        "Checkout",
+        "-p",
+        name,
+        "-t",
+        "http_api",
+        "--otlp-service-name",
+        "checkout",
+    )
+    assert created["otlp_service_name"] == "checkout"
+    listing = ok(settings, "platforms", "list", "-p", name).stdout
+    assert "OTLP SERVICE" in listing and "checkout" in listing
+    moved = ok_json(settings, "platforms", "update", "Checkout", "-p", name, "--otlp-service-name", "shop")
+    assert moved["otlp_service_name"] == "shop"
+    cleared = ok_json(settings, "platforms", "update", "Checkout", "-p", name, "--otlp-service-name", "")
+    assert cleared["otlp_service_name"] is None
+
+
 def test_project_rename_and_guarded_delete(settings: Settings) -> None:
     name = unique("proj")
     project = ok_json(settings, "projects", "create", name)

@@ -146,6 +146,33 @@ async def test_routing_identifiers_are_unique_per_project_and_type(adb: AConn) -
     await m.create_platform(adb, other.id, "A", "n8n", workflow_id="wf-1")
 
 
+async def test_otlp_service_names_are_unique_per_project_whatever_the_type(adb: AConn) -> None:
+    project = await new_project(adb)
+    api = await m.create_platform(adb, project.id, "Checkout", "http_api", otlp_service_name="checkout")
+    assert api.otlp_service_name == "checkout"
+    n8n = await m.create_platform(
+        adb, project.id, "Flows", "n8n", workflow_id="wf", otlp_service_name="flows"
+    )
+    assert (n8n.workflow_id, n8n.otlp_service_name) == ("wf", "flows")
+    with pytest.raises(m.Conflict) as err:
+        await m.create_platform(adb, project.id, "Other", "custom", otlp_service_name="checkout")
+    assert (
+        err.value.message
+        == f'otlp_service_name "checkout" is already used by http_api platform "Checkout" ({api.id})'
+    )
+    assert err.value.details[0].path == "otlp_service_name"
+    with pytest.raises(m.Conflict, match='otlp_service_name "flows" is already used by n8n platform "Flows"'):
+        await m.update_platform(adb, project.id, api.id, otlp_service_name="flows")
+    with pytest.raises(m.InvalidInput, match="whitespace"):
+        await m.update_platform(adb, project.id, api.id, otlp_service_name="flows ")
+    assert (await m.update_platform(adb, project.id, api.id, name="Shop")).otlp_service_name == "checkout"
+    assert (
+        await m.update_platform(adb, project.id, api.id, otlp_service_name=None)
+    ).otlp_service_name is None
+    other = await new_project(adb)
+    await m.create_platform(adb, other.id, "Flows", "custom", otlp_service_name="flows")
+
+
 async def test_platform_names_are_unique_within_a_project(adb: AConn) -> None:
     project = await new_project(adb)
     await m.create_platform(adb, project.id, "Prod", "custom")

@@ -28,6 +28,7 @@ def env(
     platform: uuid.UUID | None = None,
     workflow: str | None = None,
     chatflow: str | None = None,
+    service: str | None = None,
     project: uuid.UUID = PROJECT,
 ) -> RawEnvelope:
     return RawEnvelope(
@@ -40,7 +41,7 @@ def env(
         external_id=None,
         shape="data",
         platform_id=platform,
-        hints=Hints(workflow_id=workflow, chatflow_id=chatflow),
+        hints=Hints(workflow_id=workflow, chatflow_id=chatflow, service_name=service),
         body=msgspec.Raw(b"{}"),
     )
 
@@ -126,3 +127,42 @@ def test_platform_deleted_after_ingest() -> None:
 def test_other_projects_platforms_are_never_candidates() -> None:
     assert resolve(env(project=OTHER), ALL) == Routed(FOREIGN.id, "single_candidate")
     assert resolve(env(project=OTHER, workflow="wf-1"), ALL) == Routed(FOREIGN.id, "hint")
+
+
+# -- OTLP: the resource's service.name matches a platform's otlp_service_name (any type) ----------
+
+CHECKOUT = PlatformInfo(uuid.uuid4(), PROJECT, "checkout", "http_api", otlp_service_name="checkout")
+FLOWS = PlatformInfo(uuid.uuid4(), PROJECT, "flows", "n8n", workflow_id="wf-3", otlp_service_name="flows")
+OTEL = Snapshot.of([N8N, FLOWISE, HTTP, CHECKOUT, FLOWS, FOREIGN])
+
+
+def test_service_name_routes_to_the_platform_with_that_otlp_service_name() -> None:
+    assert resolve(env(service="checkout"), OTEL) == Routed(CHECKOUT.id, "hint")
+    assert resolve(env(service="flows"), OTEL) == Routed(FLOWS.id, "hint")  # any platform type
+    assert resolve(env(scope=[N8N, CHECKOUT], service="checkout"), OTEL) == Routed(CHECKOUT.id, "hint")
+
+
+def test_unknown_service_name_cannot_narrow() -> None:
+    decision = dead(resolve(env(service="unknown_service"), OTEL), "platform_ambiguous")
+    assert "service.name=unknown_service matches no platform" in decision.detail
+    assert resolve(env(scope=[HTTP], service="unknown_service"), OTEL) == Routed(HTTP.id, "single_candidate")
+
+
+def test_service_name_of_a_platform_outside_the_scope_is_not_allowed() -> None:
+    decision = dead(resolve(env(scope=[N8N, HTTP], service="checkout"), OTEL), "platform_not_allowed")
+    assert decision.candidates == (str(CHECKOUT.id),)
+
+
+def test_service_name_and_other_hints_must_all_match() -> None:
+    assert resolve(env(service="flows", workflow="wf-3"), OTEL) == Routed(FLOWS.id, "hint")
+    dead(resolve(env(service="checkout", workflow="wf-3"), OTEL), "platform_unresolved")
+
+
+def test_explicit_platform_wins_over_service_name() -> None:
+    assert resolve(env(platform=HTTP.id, service="checkout"), OTEL) == Routed(HTTP.id, "explicit")
+
+
+def test_service_names_of_other_projects_do_not_match() -> None:
+    foreign = PlatformInfo(uuid.uuid4(), OTHER, "svc", "custom", otlp_service_name="checkout")
+    snapshot = Snapshot.of([N8N, HTTP, foreign])
+    dead(resolve(env(service="checkout"), snapshot), "platform_ambiguous")

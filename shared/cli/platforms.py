@@ -18,6 +18,7 @@ from shared.settings import Settings
 def _describe(platform: Platform) -> str:
     ids = [f"workflow_id {platform.workflow_id}"] if platform.workflow_id else []
     ids += [f"chatflow_id {platform.chatflow_id}"] if platform.chatflow_id else []
+    ids += [f"otlp_service_name {platform.otlp_service_name}"] if platform.otlp_service_name else []
     suffix = f", {', '.join(ids)}" if ids else ""
     return f'{platform.type} platform "{platform.name}" ({platform.id}{suffix})'
 
@@ -27,7 +28,13 @@ def create(args: argparse.Namespace) -> int:
     async def action(conn: psycopg.AsyncConnection[Any], _: Settings) -> Platform:
         project = await management.resolve_project(conn, args.project)
         return await management.create_platform(
-            conn, project.id, args.name, args.type, workflow_id=args.workflow_id, chatflow_id=args.chatflow_id
+            conn,
+            project.id,
+            args.name,
+            args.type,
+            workflow_id=args.workflow_id,
+            chatflow_id=args.chatflow_id,
+            otlp_service_name=args.otlp_service_name,
         )
 
     platform = run(action)
@@ -43,10 +50,18 @@ def list_(args: argparse.Namespace) -> int:
 
     platforms = run(action)
     rows = [
-        (str(p.id), p.name, p.type, or_dash(p.workflow_id), or_dash(p.chatflow_id), when(p.created_at))
+        (
+            str(p.id),
+            p.name,
+            p.type,
+            or_dash(p.workflow_id),
+            or_dash(p.chatflow_id),
+            or_dash(p.otlp_service_name),
+            when(p.created_at),
+        )
         for p in platforms
     ]
-    headers = ("ID", "NAME", "TYPE", "WORKFLOW ID", "CHATFLOW ID", "CREATED")
+    headers = ("ID", "NAME", "TYPE", "WORKFLOW ID", "CHATFLOW ID", "OTLP SERVICE", "CREATED")
     emit(args, platforms, lambda: table(headers, rows, "no platforms in this project yet"))
     return 0
 
@@ -70,6 +85,7 @@ def update(args: argparse.Namespace) -> int:
             name=msgspec.UNSET if args.name is None else args.name,
             workflow_id=_identifier_change(args.workflow_id),
             chatflow_id=_identifier_change(args.chatflow_id),
+            otlp_service_name=_identifier_change(args.otlp_service_name),
         )
 
     platform = run(action)
@@ -106,6 +122,10 @@ def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--type", "-t", required=True, choices=PLATFORM_TYPES)
     p.add_argument("--workflow-id", help="n8n only: the workflow id traces carry as metadata.workflowId")
     p.add_argument("--chatflow-id", help="flowise only: the chatflow id traces carry as metadata.chatflowId")
+    p.add_argument(
+        "--otlp-service-name",
+        help="any type: OpenTelemetry traces whose resource service.name is this value route here",
+    )
     p.set_defaults(handler=create)
 
     p = add_json_flag(sub.add_parser("list", help="list a project's platforms"))
@@ -118,6 +138,7 @@ def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--name", help="new name")
     p.add_argument("--workflow-id", help="new n8n workflow id ('' removes it)")
     p.add_argument("--chatflow-id", help="new Flowise chatflow id ('' removes it)")
+    p.add_argument("--otlp-service-name", help="new OpenTelemetry service.name ('' removes it)")
     p.set_defaults(handler=update)
 
     p = add_json_flag(sub.add_parser("delete", help="delete a platform (its traces stay)"))

@@ -63,6 +63,7 @@ platforms = Table(
     Column("type", String(16), nullable=False),
     Column("workflow_id", Text),
     Column("chatflow_id", Text),
+    Column("otlp_service_name", Text),  # OTLP resource service.name routed here (migration 0004)
     _now(),
     UniqueConstraint("project_id", "name"),
     CheckConstraint(f"type IN ({', '.join(repr(t) for t in PLATFORM_TYPES)})", name="type"),
@@ -75,6 +76,10 @@ platforms = Table(
     Index(
         "uq_platforms_project_type_chatflow", "project_id", "type", "chatflow_id",
         unique=True, postgresql_where=text("chatflow_id IS NOT NULL"),
+    ),
+    Index(
+        "uq_platforms_project_otlp_service_name", "project_id", "otlp_service_name",
+        unique=True, postgresql_where=text("otlp_service_name IS NOT NULL"),
     ),
 )  # fmt: skip
 
@@ -139,6 +144,19 @@ traces = Table(
     # NULL external ids are distinct: traces without x-request-id are unique by their id.
     UniqueConstraint("project_id", "external_id"),
     Index("ix_traces_project_platform_received", "project_id", "platform_id", "received_at"),
+)
+
+trace_spans = Table(
+    "trace_spans",
+    metadata,
+    # The spans of OTLP traces (body_shape 'otlp'), one row per (trace, span id): every export of
+    # a trace adds its spans here instead of rewriting the trace's payload (see migration 0004).
+    Column("trace_id", UUID(as_uuid=True), ForeignKey("traces.id", ondelete="CASCADE"), primary_key=True),
+    Column("span_id", Text, primary_key=True),
+    Column("part_id", UUID(as_uuid=True), nullable=False),  # the envelope that carried this version
+    Column("received_at", DateTime(timezone=True), nullable=False),  # ... and when it was received
+    Column("span", JSONB, nullable=False),
+    Column("resource", JSONB, nullable=False),
 )
 
 dlq_replays = Table(
