@@ -163,7 +163,10 @@ async def main() -> int:
         what, report, seconds = await scenario(name, settings, stack, args.count, logs)
         print(f"\n### {name}: {what} ({args.count} traces, {seconds:.0f} s)\n")
         print(report.table())
-        # counters of killed processes die with them: their checks are informative only
+        print(
+            "\n(counter checks are informative in fault scenarios: a killed process's counters die with"
+            " it, and re-delivered records are counted twice; the reconciliation above is what must hold)"
+        )
         failed |= not report.exact
         results[name] = {
             "fault": what,
