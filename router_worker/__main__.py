@@ -14,13 +14,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from router_worker.metrics import RouterMetrics
 from router_worker.platforms import PlatformRegistry
 from router_worker.route import Router
-from shared.kafka import make_consumer, make_producer
 from shared.settings import Settings, libpq_url
 from shared.worker import (
     metrics_server,
     run_batches,
     run_service,
-    start_with_retry,
+    start_clients,
     stop_on_signals,
     topics_when_reachable,
 )
@@ -55,13 +54,11 @@ async def run(settings: Settings) -> None:
         try:
             if topics is None or not await _loaded(registry, stop):
                 return
-            producer = await start_with_retry(lambda: make_producer(settings), "producer", stop)
             group = f"{settings.kafka_topic_prefix}router_worker"
-            consumer = await start_with_retry(
-                lambda: make_consumer(settings, topics.raw, group_id=group), "consumer", stop
-            )
-            if producer is None or consumer is None:
+            clients = await start_clients(settings, topics.raw, group, stop)
+            if clients is None:
                 return
+            producer, consumer = clients
             log.info("routing", source=topics.raw, routed=topics.routed, dlq=topics.dlq, group=group)
             router = Router(producer, topics, registry, metrics)
             await run_batches(

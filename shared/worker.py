@@ -22,7 +22,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from shared.kafka import ensure_topics
+from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.logging import configure_logging
 from shared.settings import Settings
 from shared.topics import Topics
@@ -176,3 +176,20 @@ def run_service(name: str, run: Callable[[Settings], Awaitable[None]]) -> int:
         pass
     asyncio.run(run(settings))
     return 0
+
+
+async def start_clients(
+    settings: Settings, source: str, group: str, stop: asyncio.Event
+) -> tuple[AIOKafkaProducer, AIOKafkaConsumer] | None:
+    """A worker's producer (its outputs) and its consumer of ``source`` in ``group``, each retried
+    while Kafka is away; None when stopped first (whatever did start is stopped again)."""
+    producer = await start_with_retry(lambda: make_producer(settings), "producer", stop)
+    if producer is None:
+        return None
+    consumer = await start_with_retry(
+        lambda: make_consumer(settings, source, group_id=group), "consumer", stop
+    )
+    if consumer is None:
+        await producer.stop()
+        return None
+    return producer, consumer

@@ -13,13 +13,12 @@ import sys
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from shared.kafka import make_consumer, make_producer
 from shared.settings import Settings, libpq_url
 from shared.worker import (
     metrics_server,
     run_batches,
     run_service,
-    start_with_retry,
+    start_clients,
     stop_on_signals,
     topics_when_reachable,
 )
@@ -51,13 +50,11 @@ async def run(settings: Settings) -> None:
             topics = await topics_when_reachable(settings, stop)
             if topics is None:
                 return
-            producer = await start_with_retry(lambda: make_producer(settings), "dlq producer", stop)
             group = f"{settings.kafka_topic_prefix}storage_worker"
-            consumer = await start_with_retry(
-                lambda: make_consumer(settings, topics.routed, group_id=group), "consumer", stop
-            )
-            if producer is None or consumer is None:
+            clients = await start_clients(settings, topics.routed, group, stop)
+            if clients is None:
                 return
+            producer, consumer = clients
             log.info("storing", source=topics.routed, dlq=topics.dlq, group=group)
             flusher = asyncio.create_task(
                 flush_every(tracker, keys_db, settings.last_used_flush_seconds, stop), name="last-used"
