@@ -82,12 +82,11 @@ def ingest(settings: Settings, topics, service_logs):  # type: ignore[no-untyped
 
 @pytest.fixture(scope="session")
 async def raw_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
+    """Every record of traces.raw of this session, read from the beginning."""
     from tests.pipeline import TopicTap
 
-    tap = TopicTap(settings, topics.raw)
-    await tap.start()
-    yield tap
-    await tap.stop()
+    async with TopicTap(settings, topics.raw) as tap:
+        yield tap
 
 
 @pytest.fixture(scope="session")
@@ -102,19 +101,17 @@ def router(settings: Settings, topics, service_logs):  # type: ignore[no-untyped
 
 @pytest.fixture(scope="session")
 async def routed_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
+    """Every record of traces.routed of this session, read from the beginning."""
     from tests.pipeline import TopicTap
 
-    tap = TopicTap(settings, topics.routed)
-    await tap.start()
-    yield tap
-    await tap.stop()
+    async with TopicTap(settings, topics.routed) as tap:
+        yield tap
 
 
 @pytest.fixture(scope="session")
 async def dlq_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
+    """Every record of traces.dlq of this session, read from the beginning."""
     from tests.pipeline import TopicTap
 
-    tap = TopicTap(settings, topics.dlq)
-    await tap.start()
-    yield tap
-    await tap.stop()
+    async with TopicTap(settings, topics.dlq) as tap:
+        yield tap

@@ -218,6 +218,13 @@ class TopicTap:
             if batch:
                 self._new.set()
 
+    async def __aenter__(self) -> TopicTap:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
