@@ -42,6 +42,7 @@ class Enqueuer:
         self._metrics = metrics
         self._producer: AIOKafkaProducer | None = None
         self._starting: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def ready(self) -> bool:
@@ -52,7 +53,7 @@ class Enqueuer:
 
     async def _start_producer(self) -> None:
         backoff = 0.5
-        while True:
+        while not self._closing:
             producer = make_producer(self._settings)
             try:
                 await producer.start()
@@ -68,16 +69,19 @@ class Enqueuer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
+            if self._closing:  # stop() came while it was starting
+                await asyncio.wait_for(producer.stop(), 30)
+                return
             self._producer = producer
             log.info("kafka producer ready", topic=self.topic)
             return
 
     async def stop(self) -> None:
         """Flush what is buffered (in-flight requests are still waiting on it), then close."""
+        self._closing = True  # see shared.change_feed.ChangeFeed.stop for why a flag too
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._starting
+            await asyncio.wait([self._starting], timeout=35)
         if self._producer is not None:
             try:
                 # bounded: with the broker gone, a flush would otherwise wait for it forever

@@ -41,6 +41,7 @@ class ChangeFeed:
         self._name = name
         self._wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self.listening = False
 
     async def start(self) -> None:
@@ -51,22 +52,29 @@ class ChangeFeed:
         ]
 
     async def stop(self) -> None:
+        # A flag as well as cancel(): on Python 3.11 a cancellation that lands inside a library's
+        # own timeout (the pool's getconn, a connect) can come out as an ordinary error, which
+        # the retry loops would take for a failure and retry forever.
+        self._closing = True
+        self._wanted.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        _, stuck = await asyncio.wait(self._tasks, timeout=10) if self._tasks else (set(), set())
+        for task in stuck:
+            log.warning(f"{self._name} task did not stop in time; abandoning it", task=task.get_name())
 
     def request_reload(self) -> None:
         self._wanted.set()
 
     async def _reloader(self) -> None:
         backoff = 0.5
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._refresh_interval):
                     await self._wanted.wait()
             self._wanted.clear()
+            if self._closing:
+                return
             try:
                 await self._reload()
                 backoff = 0.5
@@ -87,7 +95,7 @@ class ChangeFeed:
 
     async def _listen(self) -> None:
         backoff = 0.5
-        while True:
+        while not self._closing:
             try:
                 async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {REGISTRY_CHANNEL}")
@@ -106,5 +114,7 @@ class ChangeFeed:
                 )
             finally:
                 self.listening = False
+            if self._closing:
+                return
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
