@@ -17,8 +17,9 @@ from ingest_api.body import BodyInvalid, parse_body
 from ingest_api.content import read_body
 from ingest_api.context import ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
 from ingest_api.enqueue import unavailable
+from ingest_api.envelopes import build_envelope
 from ingest_api.responses import ApiError, Detail, json_response, now_iso
-from ingest_api.traces import EXTERNAL_ID_RULE, build_envelope, valid_external_id
+from ingest_api.traces import EXTERNAL_ID_RULE, valid_external_id
 from shared import otlp
 from shared.envelope import encode, message_key
 

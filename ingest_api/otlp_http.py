@@ -36,6 +36,7 @@ from ingest_api.auth import API_KEY_HEADER, allowed, authenticate, known_platfor
 from ingest_api.content import is_protobuf, read_body
 from ingest_api.context import ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
 from ingest_api.enqueue import unavailable
+from ingest_api.envelopes import envelope_for
 from ingest_api.otlp import (
     PLATFORM_ATTRIBUTE,
     Decoded,
@@ -50,7 +51,6 @@ from ingest_api.otlp import (
 from ingest_api.responses import ERROR_CODE, ApiError, Detail, success
 from shared import otlp
 from shared.envelope import RawEnvelope, encode, message_key
-from shared.ids import uuid7
 from shared.management import KeyInfo
 
 log = structlog.get_logger(__name__)
@@ -131,18 +131,15 @@ def _admit_part(
     if len(body) > max_body_bytes:
         return ("too_large", f"a trace's spans from one resource exceed {max_body_bytes} bytes")
     external_id = otlp.external_id(part.trace_id)
-    envelope = RawEnvelope(
-        trace_id=uuid7(),  # the part's own id: how re-deliveries of this export are recognised
-        received_at=received_at,
-        project_id=key.project_id,
-        key_id=key.id,
-        key_restricted=key.restricted,
-        key_scope=sorted(key.platform_ids),
-        external_id=external_id,
+    # The part's own UUIDv7 trace id is how re-deliveries of this export are recognised.
+    envelope = envelope_for(
+        key,
+        body,
         shape=otlp.SHAPE,
         platform_id=routing.platform_id,
         hints=routing.hints,
-        body=msgspec.Raw(body),
+        external_id=external_id,
+        received_at=received_at,
     )
     queued = Queued(
         part,

@@ -8,22 +8,19 @@ not apply to it (an OTLP trace's external id is ``otlp:<trace id>``).
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 
-import msgspec
 from aiohttp import web
 
 from ingest_api.auth import API_KEY_HEADER, authenticate, check_scope, known_platform
-from ingest_api.body import BodyInvalid, ParsedBody, parse_body
+from ingest_api.body import BodyInvalid, parse_body
 from ingest_api.content import is_protobuf, read_body
 from ingest_api.context import ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
+from ingest_api.envelopes import build_envelope
 from ingest_api.otlp_http import accept_on_public
 from ingest_api.responses import ApiError, Detail, success
 from shared import otlp
-from shared.envelope import RawEnvelope, encode, message_key
-from shared.ids import uuid7
-from shared.management import KeyInfo
+from shared.envelope import encode, message_key
 
 EXTERNAL_ID_MAX = 255
 _EXTERNAL_ID = re.compile(r"^[\x20-\x7e]+$")
@@ -56,22 +53,6 @@ def external_id_from(value: str | None) -> str | None:
             [Detail("value_error", EXTERNAL_ID_RULE, "x-request-id", "header")],
         )
     return value
-
-
-def build_envelope(key: KeyInfo, parsed: ParsedBody, body: bytes, external_id: str | None) -> RawEnvelope:
-    return RawEnvelope(
-        trace_id=uuid7(),
-        received_at=dt.datetime.now(dt.UTC),
-        project_id=key.project_id,
-        key_id=key.id,
-        key_restricted=key.restricted,
-        key_scope=sorted(key.platform_ids),
-        external_id=external_id,
-        shape=parsed.shape,
-        platform_id=parsed.platform_id,
-        hints=parsed.hints,
-        body=msgspec.Raw(body),
-    )
 
 
 async def post_trace(request: web.Request) -> web.Response:

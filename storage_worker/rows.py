@@ -186,7 +186,18 @@ def decode_record(record: ConsumerRecord[bytes, bytes]) -> Pending | Invalid:
         return _invalid(source, "received_at has no time zone")
     if envelope.shape == otlp.SHAPE:
         return _otlp_row(envelope, body, source)
-    row = TraceRow(
+    return Pending(_row(envelope, payload, metadata, external_metadata), source)
+
+
+def _row(
+    envelope: RoutedEnvelope,
+    payload: str,
+    metadata: str | None,
+    external_metadata: str | None,
+    spans: tuple[SpanVersion, ...] = (),
+) -> TraceRow:
+    """The ``traces`` row of a routed envelope: identity and routing from the envelope."""
+    return TraceRow(
         id=envelope.trace_id,
         project_id=envelope.project_id,
         platform_id=envelope.routed_platform_id,
@@ -197,8 +208,8 @@ def decode_record(record: ConsumerRecord[bytes, bytes]) -> Pending | Invalid:
         metadata=metadata,
         external_metadata=external_metadata,
         received_at=envelope.received_at,
+        spans=spans,
     )
-    return Pending(row, source)
 
 
 def _otlp_row(envelope: RoutedEnvelope, body: bytes, source: Source) -> Pending | Invalid:
@@ -219,19 +230,8 @@ def _otlp_row(envelope: RoutedEnvelope, body: bytes, source: Source) -> Pending 
         spans[span_id] = SpanVersion(
             span_id, envelope.trace_id, envelope.received_at, bytes(span).decode(), resource
         )
-    row = TraceRow(
-        id=envelope.trace_id,
-        project_id=envelope.project_id,
-        platform_id=envelope.routed_platform_id,
-        api_key_id=envelope.key_id,
-        external_id=envelope.external_id,
-        body_shape=envelope.shape,
-        payload=msgspec.json.encode({"traceId": parts.traceId}).decode(),
-        metadata=resource,
-        external_metadata=None,
-        received_at=envelope.received_at,
-        spans=tuple(spans.values()),
-    )
+    payload = msgspec.json.encode({"traceId": parts.traceId}).decode()
+    row = _row(envelope, payload, resource, None, spans=tuple(spans.values()))
     return Pending(row, source)
 
 
