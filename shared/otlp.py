@@ -18,10 +18,12 @@ lists of key/value pairs, hex or base64 ids) is not what readers of a stored tra
 canonical spans an OTLP trace reads like one sent as ``{"spans": [...]}``, and spans can be merged
 by ``span_id`` across exports.
 
-The stored row's id is not the envelope's (each export of a part gets its own UUIDv7, used to
-recognise re-deliveries): it is :func:`stored_trace_id`, derived from the project and the OTLP trace
-id, so every export of a trace answers with the same id and ``GET /public/traces/{id}`` finds the
-merged trace whichever part the client was told about.
+A trace's identity is (project, platform, external id): OTLP trace ids travel in W3C
+``traceparent`` headers, so they are not secrets, and spans sent under another platform's scope
+must never merge into this platform's trace. The stored row's id is :func:`stored_trace_id`,
+derived from that identity; each export (part) keeps its own UUIDv7 — how re-deliveries are
+recognised, and the id the ingest API answers with — and ``trace_aliases`` maps it to the trace,
+so ``GET /public/traces/{id}`` finds the merged trace whichever part the client was told about.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ def is_otlp_external_id(value: str) -> bool:
     return value.startswith(EXTERNAL_ID_PREFIX)
 
 
-def stored_trace_id(project_id: uuid.UUID, otlp_external_id: str) -> uuid.UUID:
-    """The ``traces.id`` of an OTLP trace: a UUIDv5 of (project, external id), the same for every
-    part, so the id a client was given for any export reads the merged trace."""
-    return uuid.uuid5(_NAMESPACE, f"{project_id}/{otlp_external_id}")
+def stored_trace_id(project_id: uuid.UUID, platform_id: uuid.UUID, otlp_external_id: str) -> uuid.UUID:
+    """The ``traces.id`` of an OTLP trace: a UUIDv5 of its identity (project, platform, external
+    id), the same for every part routed to that platform. The platform is the router's decision,
+    so an export is answered with its own part id instead, which ``trace_aliases`` maps to the
+    trace (migration 0005)."""
+    return uuid.uuid5(_NAMESPACE, f"{project_id}/{platform_id}/{otlp_external_id}")
 
 
 class SpanStatus(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -141,8 +141,9 @@ traces = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # NULL external ids are distinct: traces without x-request-id are unique by their id.
-    UniqueConstraint("project_id", "external_id"),
+    # A trace's identity includes its platform (migration 0005): two platforms that reuse an
+    # external id keep two traces. NULL external ids are distinct: such traces are unique by id.
+    UniqueConstraint("project_id", "platform_id", "external_id"),
     Index("ix_traces_project_platform_received", "project_id", "platform_id", "received_at"),
 )
 
@@ -151,12 +152,41 @@ trace_spans = Table(
     metadata,
     # The spans of OTLP traces (body_shape 'otlp'), one row per (trace, span id): every export of
     # a trace adds its spans here instead of rewriting the trace's payload (see migration 0004).
-    Column("trace_id", UUID(as_uuid=True), ForeignKey("traces.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "trace_id",
+        UUID(as_uuid=True),
+        ForeignKey("traces.id", ondelete="CASCADE", onupdate="CASCADE"),
+        primary_key=True,
+    ),
     Column("span_id", Text, primary_key=True),
     Column("part_id", UUID(as_uuid=True), nullable=False),  # the envelope that carried this version
     Column("received_at", DateTime(timezone=True), nullable=False),  # ... and when it was received
     Column("span", JSONB, nullable=False),
     Column("resource", JSONB, nullable=False),
+)
+
+trace_aliases = Table(
+    "trace_aliases",
+    metadata,
+    # Accepted ids that lead to a trace whose row id is another one (migration 0005): every version
+    # of an x-request-id trace, every export of an OTLP trace. Keyed to the trace's identity.
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "project_id",
+        UUID(as_uuid=True),
+        ForeignKey("projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("platform_id", UUID(as_uuid=True), nullable=False),
+    Column("external_id", Text, nullable=False),
+)
+
+trace_cancellations = Table(
+    "trace_cancellations",
+    metadata,
+    # Traces answered 503 after they were handed to Kafka: never stored (shared.cancellations).
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("cancelled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 dlq_replays = Table(
