@@ -29,6 +29,8 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when a trace can be accepted: the broker is reachable now (the Enqueuer's health: the
+    last send or probe succeeded, see ingest_api.enqueue) and the key registry has loaded."""
     checks = {
         "kafka": request.app[ENQUEUER].ready,
         "key_registry": request.app[KEY_REGISTRY].ready,
@@ -111,7 +113,9 @@ async def _key_registry(app: web.Application) -> AsyncIterator[None]:
 
 async def _producer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    enqueuer = Enqueuer(settings, Topics.with_prefix(settings.kafka_topic_prefix).raw, app[METRICS])
+    enqueuer = Enqueuer(
+        settings, Topics.with_prefix(settings.kafka_topic_prefix).raw, app[METRICS], app[DB_POOL]
+    )
     app[ENQUEUER] = enqueuer
     await enqueuer.start()
     yield

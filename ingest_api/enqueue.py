@@ -1,60 +1,237 @@
-"""Produce to ``traces.raw`` and wait for Kafka's acknowledgement, or give up in time with 503.
+"""Produce to ``traces.raw`` and wait for Kafka's acknowledgement — or answer 503, and then the
+trace is never stored.
 
-The producer starts in the background and retries until the broker answers, so the service comes
-up (and answers 503) even while Kafka is away. A 202 is only ever sent after an ack
-(``acks=all``, idempotent producer: see shared.kafka).
+- **202 only after an ack** (``acks=all``, idempotent producer: see shared.kafka).
+- **A 503 means "not stored".** A record handed to the producer but not acknowledged within
+  ``PRODUCE_TIMEOUT_SECONDS`` stays in the producer's buffer (an idempotent producer never gives a
+  record up) and may reach the broker later. So before answering 503 its trace id (the envelope's
+  ``trace_id``, read back from the record itself) is cancelled in PostgreSQL
+  (``shared.cancellations.cancel``), and the storage worker never stores a cancelled id. When
+  ``cancel`` finds the trace stored already (the ack was merely late), it is answered as queued
+  after all. When PostgreSQL cannot be reached either, the answer is still 503 — never a 202
+  without an ack or a "stored" — logged and counted
+  (``ingest_unfenced_503_total``): such a trace is stored if its record reaches Kafka.
+- **Broker health** (``BrokerHealth``): down when a send times out or fails for want of a
+  connection, or when the probe fails — a metadata request every ``PROBE_INTERVAL_SECONDS``, made
+  only when no send proved the broker reachable meanwhile; up when a send or a probe succeeds.
+  While down nothing is produced: 503 at once, with ``Retry-After``, so a client's retry budget is
+  not spent on one attempt (an OpenTelemetry exporter has 10 s), and ``/readyz`` says not ready.
+- **Dropping what was answered 503.** When the broker stays unreachable for longer than the
+  produce timeout and no request waits on the producer, whatever its buffer holds belongs to
+  traces already answered 503: the producer is
+  then discarded with its buffer (``discard``) and a new one started, so those records usually
+  never reach the broker. The fence is what guarantees "not stored"; this only spares the
+  pipeline late deliveries it would refuse.
+- The producer starts in the background and retries until the broker answers, so the service
+  comes up (and answers 503) even while Kafka is away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import math
 import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+)
+from psycopg_pool import AsyncConnectionPool
 
 from ingest_api.metrics import IngestMetrics
 from ingest_api.responses import ApiError, Detail
+from shared.cancellations import cancel
 from shared.kafka import make_producer
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 RETRY_AFTER_SECONDS = 5
+"""``Retry-After`` of 503s for other causes than Kafka (ingest_api.trace_read: the database)."""
+KAFKA_RETRY_AFTER_SECONDS = 1
+"""``Retry-After`` of a 503 for want of Kafka: the broker's state is re-checked every second, and
+a retry while it is still away costs nothing (answered at once)."""
+PROBE_INTERVAL_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 2.0
+CANCEL_TIMEOUT_SECONDS = 3.0
+"""Bound on cancelling in PostgreSQL (pool wait included), on top of the produce timeout."""
+STOP_TIMEOUT_SECONDS = 30.0
+
+BROKER_UNREACHABLE: tuple[type[KafkaError], ...] = (
+    KafkaConnectionError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    KafkaTimeoutError,
+)
+"""Failures that say the broker cannot be reached (rather than that it refused this record)."""
 
 
-def unavailable(reason: str) -> ApiError:
+def unavailable(reason: str, retry_after: int = KAFKA_RETRY_AFTER_SECONDS) -> ApiError:
     return ApiError(
         503,
         "SERVICE_UNAVAILABLE",
         "The trace could not be queued right now; retry later",
         [Detail("unavailable", reason, "", "server")],
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        headers={"Retry-After": str(retry_after)},
     )
 
 
+class _Identity(msgspec.Struct):
+    trace_id: uuid.UUID
+
+
+_identity = msgspec.json.Decoder(_Identity)
+
+
+def trace_id_of(value: bytes) -> uuid.UUID:
+    """The ``trace_id`` of an encoded ``RawEnvelope``: the id the storage worker's fence checks."""
+    return _identity.decode(value).trace_id
+
+
+@dataclass
+class BrokerHealth:
+    """What the ingest API believes of the broker, from evidence: sends and probes (pure: the
+    caller passes the clock's readings).
+
+    Each piece of evidence is an attempt that began at some time and then succeeded or failed.
+    A success marks the broker up. A failure marks it down — unless something succeeded after
+    that attempt began: a send that was waiting on a broker which has answered since says
+    nothing about it now (a slow send among quick ones, a send from before a restart)."""
+
+    up: bool = False
+    last_success: float = -math.inf
+    down_since: float = -math.inf
+
+    def succeeded(self, now: float) -> bool:
+        """An acknowledgement or an answered probe; True when this marks the broker up."""
+        self.last_success = max(self.last_success, now)
+        if self.up:
+            return False
+        self.up = True
+        return True
+
+    def failed(self, began: float, now: float) -> bool:
+        """An attempt that began at ``began`` failed for want of the broker (seen at ``now``);
+        True when this marks the broker down."""
+        if not self.up or began < self.last_success:
+            return False
+        self.up = False
+        self.down_since = now
+        return True
+
+    def down_for(self, now: float) -> float:
+        """How long the broker has been known unreachable (0 while up, and before it ever was)."""
+        return 0.0 if self.up or self.down_since == -math.inf else now - self.down_since
+
+    def probe_due(self, now: float, interval: float) -> bool:
+        """Probe while down, and while up when no success is more recent than ``interval``."""
+        return not self.up or now - self.last_success >= interval
+
+
+class Discarded(KafkaConnectionError):
+    """What the records of a discarded producer fail with: they were never sent."""
+
+
+async def discard(producer: AIOKafkaProducer, timeout: float) -> None:
+    """Close ``producer`` without delivering what its buffer still holds.
+
+    aiokafka has no call for this: an idempotent producer never expires a record (it retries
+    until the broker takes it; ``request_timeout_ms`` does not change that) and ``stop()`` flushes.
+    So, with two of aiokafka's internals (as of 0.14; without them the producer is stopped the
+    ordinary way, bounded): stop its sender task first — the produce requests under way end by
+    themselves, at once with the broker gone, else within ``request_timeout_ms`` — then fail every
+    record still buffered (``Discarded``), then ``stop()``, which has nothing left to flush."""
+    sender = getattr(producer, "_sender", None)
+    accumulator = getattr(producer, "_message_accumulator", None)
+    task = getattr(sender, "sender_task", None)
+    if isinstance(task, asyncio.Task) and callable(getattr(accumulator, "fail_all", None)):
+        task.cancel()
+        await asyncio.wait([task], timeout=timeout)
+        if task.done():
+            accumulator.fail_all(Discarded("discarded unsent: its trace was answered 503"))  # type: ignore[union-attr]
+    try:
+        await asyncio.wait_for(producer.stop(), timeout)
+    except TimeoutError:
+        log.warning("kafka producer did not close in time; abandoning it", timeout=timeout)
+
+
+async def cancel_unacknowledged(
+    pool: AsyncConnectionPool, values: list[bytes], metrics: IngestMetrics
+) -> list[bool]:
+    """Cancel the traces of ``values`` (encoded envelopes handed to the producer, not
+    acknowledged) before they are answered 503; per value, whether it was found stored already
+    (the ack was merely late: answer it as queued after all). When nothing could be cancelled,
+    none was found: they are answered 503 all the same, and counted as unfenced."""
+    try:
+        ids = [trace_id_of(value) for value in values]
+        async with asyncio.timeout(CANCEL_TIMEOUT_SECONDS):
+            async with pool.connection(timeout=CANCEL_TIMEOUT_SECONDS) as conn:
+                stored = await cancel(conn, ids)
+    except Exception as exc:  # whatever it was, the answer stays 503: never a 202 without an ack
+        metrics.unfenced_503.inc(len(values))
+        log.error(
+            "trace cancellation failed: answered 503 unfenced, may still be stored",
+            traces=len(values),
+            error=repr(exc),
+        )
+        return [False] * len(values)
+    metrics.cancelled.inc(len(ids) - len(stored))
+    metrics.cancel_found_stored.inc(len(stored))
+    if stored:
+        log.info("late acknowledgement: traces found stored, answered as queued", traces=len(stored))
+    return [trace_id in stored for trace_id in ids]
+
+
 class Enqueuer:
-    def __init__(self, settings: Settings, topic: str, metrics: IngestMetrics) -> None:
+    def __init__(
+        self, settings: Settings, topic: str, metrics: IngestMetrics, pool: AsyncConnectionPool
+    ) -> None:
         self._settings = settings
         self.topic = topic
         self._metrics = metrics
+        self._pool = pool
+        self._timeout = settings.produce_timeout_seconds
         self._producer: AIOKafkaProducer | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self._health = BrokerHealth()
+        self._in_flight = 0  # requests between handing records to the producer and their answer
+        # Futures of records whose trace was answered 503 and that are still in the buffer.
+        self._abandoned: set[asyncio.Future[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        metrics.watch_kafka(lambda: 1.0 if self.ready else 0.0)
 
     @property
     def ready(self) -> bool:
-        return self._producer is not None
+        """A producer is running and the broker is believed reachable."""
+        return self._producer is not None and self._health.up
 
+    # -- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._starting = asyncio.create_task(self._start_producer(), name="producer-start")
+        self._spawn(self._start_producer(), "producer-start")
+        self._spawn(self._watch(), "broker-watch")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _start_producer(self) -> None:
         backoff = 0.5
         while not self._closing:
-            producer = make_producer(self._settings)
+            # Requests to a broker that stopped answering (but kept its connection) give up — and
+            # reconnect — as soon as the API stops waiting for them.
+            producer = make_producer(self._settings, request_timeout_ms=max(1000, int(self._timeout * 1000)))
             try:
                 await producer.start()
             except asyncio.CancelledError:
@@ -67,75 +244,188 @@ class Enqueuer:
                     await producer.stop()
                 log.warning("kafka producer cannot start yet; retrying", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, 2.0)
                 continue
             if self._closing:  # stop() came while it was starting
-                await asyncio.wait_for(producer.stop(), 30)
+                await asyncio.wait_for(producer.stop(), STOP_TIMEOUT_SECONDS)
                 return
             self._producer = producer
+            self._mark_up("producer started")
             log.info("kafka producer ready", topic=self.topic)
             return
 
     async def stop(self) -> None:
-        """Flush what is buffered (in-flight requests are still waiting on it), then close."""
+        """Deliver what is buffered (bounded: with the broker gone it would wait forever), then
+        close — unless what is buffered was answered 503 already (or the broker is away): then it
+        is discarded, not delivered."""
         self._closing = True  # see shared.change_feed.ChangeFeed.stop for why a flag too
-        if self._starting is not None and not self._starting.done():
-            self._starting.cancel()
-            await asyncio.wait([self._starting], timeout=35)
-        if self._producer is not None:
-            try:
-                # bounded: with the broker gone, a flush would otherwise wait for it forever
-                await asyncio.wait_for(self._producer.stop(), 30)
-            except TimeoutError:
-                log.warning(
-                    "kafka producer did not flush within 30 s; unacknowledged traces were never answered 202"
-                )
-            self._producer = None
-
-    async def send(self, key: bytes, value: bytes) -> None:
-        producer = self._producer
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS + 5)
+        producer, self._producer = self._producer, None
         if producer is None:
-            raise unavailable("Kafka is not reachable yet")
-        started = time.perf_counter()
+            return
+        if self._abandoned or not self._health.up:
+            await discard(producer, STOP_TIMEOUT_SECONDS)
+            return
         try:
-            async with asyncio.timeout(self._settings.produce_timeout_seconds):
-                future = await producer.send(self.topic, value, key=key)
-                await future
+            await asyncio.wait_for(producer.stop(), STOP_TIMEOUT_SECONDS)
         except TimeoutError:
-            raise unavailable(
-                f"Kafka did not acknowledge within {self._settings.produce_timeout_seconds:g}s"
-            ) from None
-        except KafkaError as exc:
-            raise unavailable(f"Kafka refused the write: {type(exc).__name__}") from None
-        self._metrics.produce_latency.observe(time.perf_counter() - started)
+            log.warning(
+                "kafka producer did not flush within 30 s; unacknowledged traces were never answered 202"
+            )
+
+    # -- broker health ---------------------------------------------------------------------------
+    def _mark_up(self, evidence: str) -> None:
+        if self._health.succeeded(time.monotonic()):
+            log.info("kafka reachable", evidence=evidence)
+
+    def _mark_down(self, began: float, evidence: str) -> None:
+        if self._health.failed(began, time.monotonic()):
+            log.warning("kafka unreachable: answering 503 at once until it is back", evidence=evidence)
+
+    async def _watch(self) -> None:
+        """Probe the broker when due. Once it has been away for longer than the produce timeout
+        (an outage, not a blip: a broker that comes back at once takes the records, and the fence
+        refuses them), and nobody waits on the producer, discard the producer's buffer — records
+        of traces answered 503 — and start a new producer."""
+        while not self._closing:
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+            producer = self._producer
+            if producer is None or not self._health.probe_due(time.monotonic(), PROBE_INTERVAL_SECONDS):
+                continue
+            began = time.monotonic()
+            if await self._probe(producer):
+                self._mark_up("probe")
+                continue
+            self._mark_down(began, "probe")
+            if (
+                self._health.down_for(time.monotonic()) >= self._timeout  # an outage, not a blip
+                and self._in_flight == 0
+                and self._abandoned
+                and self._producer is producer
+                and not self._closing
+            ):
+                self._producer = None  # from here on, sends answer 503 at once without it
+                log.warning(
+                    "kafka producer discarded with the records of traces answered 503",
+                    abandoned_records=len(self._abandoned),
+                )
+                await discard(producer, 2 * self._timeout + 1)
+                self._spawn(self._start_producer(), "producer-start")
+
+    @staticmethod
+    async def _probe(producer: AIOKafkaProducer) -> bool:
+        """A metadata round trip through the producer's own client (its connections, its view)."""
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                return bool(await producer.client.force_metadata_update())
+        except TimeoutError:
+            return False
+
+    # -- producing -------------------------------------------------------------------------------
+    async def send(self, key: bytes, value: bytes) -> None:
+        """Produce one record (an encoded ``RawEnvelope``) and wait for its acknowledgement;
+        ``ApiError`` 503 unless it was acknowledged (or, after a late ack, found stored)."""
+        (failure,) = await self.send_many([(key, value)])
+        if failure is not None:
+            raise unavailable(failure)
 
     async def send_many(self, messages: list[tuple[bytes, bytes]]) -> list[str | None]:
-        """Produce all, then wait for every ack within the timeout; per message ``None`` when
-        acknowledged, else why not. Only acknowledged messages may be reported as queued."""
+        """Produce all (encoded ``RawEnvelope`` values), then wait for every ack within the
+        timeout; per message ``None`` when acknowledged (or found stored), else why not. A
+        message that is not ``None`` will not be stored: only those may be reported failed, and
+        only acknowledged ones as queued."""
+        if not messages:
+            return []
         producer = self._producer
-        if producer is None:
-            return ["Kafka is not reachable yet"] * len(messages)
-        started = time.perf_counter()
-        futures: list[asyncio.Future[object]] = []
+        if producer is None or not self._health.up:
+            self._metrics.fast_503.inc(len(messages))
+            reason = "Kafka is not reachable yet" if producer is None else "Kafka is unreachable right now"
+            return [reason] * len(messages)
+        self._in_flight += 1
         try:
-            async with asyncio.timeout(self._settings.produce_timeout_seconds):
-                for key, value in messages:
-                    futures.append(await producer.send(self.topic, value, key=key))
-                await asyncio.wait(futures)
+            return await self._produce(producer, messages)
+        finally:
+            self._in_flight -= 1
+
+    async def _produce(
+        self, producer: AIOKafkaProducer, messages: list[tuple[bytes, bytes]]
+    ) -> list[str | None]:
+        began = time.monotonic()
+        futures: list[asyncio.Future[Any] | None] = [None] * len(messages)
+        refused: list[KafkaError | None] = [None] * len(messages)
+        try:
+            async with asyncio.timeout(self._timeout):
+                for i, (key, value) in enumerate(messages):
+                    try:
+                        futures[i] = await producer.send(self.topic, value, key=key)
+                    except KafkaError as exc:  # never handed to the producer
+                        refused[i] = exc
+                if waiting := [f for f in futures if f is not None]:
+                    await asyncio.wait(waiting)
         except TimeoutError:
             pass
-        except KafkaError as exc:
-            log.warning("kafka refused part of a batch", error=repr(exc))
-        self._metrics.produce_latency.observe(time.perf_counter() - started)
         outcome: list[str | None] = []
-        for future in futures:
-            if not future.done():
+        to_cancel: list[int] = []
+        broker_failure = False
+        for i, future in enumerate(futures):
+            if future is None:  # never handed to the producer: nothing to cancel
+                exc = refused[i]
                 outcome.append(
-                    f"Kafka did not acknowledge within {self._settings.produce_timeout_seconds:g}s"
+                    f"Kafka refused the write: {type(exc).__name__}"
+                    if exc is not None
+                    else "Kafka could not take the write in time"
                 )
-            elif future.cancelled() or future.exception() is not None:
-                outcome.append("Kafka refused the write")
+                broker_failure |= exc is None or isinstance(exc, BROKER_UNREACHABLE)
+                self._metrics.unproduced_503.inc()
+                continue
+            if not future.done():
+                outcome.append(f"Kafka did not acknowledge within {self._timeout:g}s")
+                broker_failure = True
+            elif future.cancelled():
+                outcome.append("Kafka refused the write: cancelled")
+            elif (error := future.exception()) is not None:
+                outcome.append(f"Kafka refused the write: {type(error).__name__}")
+                broker_failure |= isinstance(error, BROKER_UNREACHABLE)
             else:
                 outcome.append(None)
-        outcome.extend(["Kafka could not take the write in time"] * (len(messages) - len(futures)))
+                continue
+            to_cancel.append(i)
+        if any(o is None for o in outcome):
+            self._metrics.produce_latency.observe(time.monotonic() - began)
+            self._mark_up("ack")
+        if broker_failure:
+            self._mark_down(began, "send")
+        if to_cancel:
+            found = await cancel_unacknowledged(
+                self._pool, [messages[i][1] for i in to_cancel], self._metrics
+            )
+            for i, stored in zip(to_cancel, found, strict=True):
+                if stored:
+                    outcome[i] = None
+                future = futures[i]
+                assert future is not None
+                self._follow(future, answered_503=not stored)
         return outcome
+
+    def _follow(self, future: asyncio.Future[Any], *, answered_503: bool) -> None:
+        """Watch a record whose request was answered without its ack: count what becomes of it,
+        keep the buffer's abandoned records known (for ``_watch``), retrieve its exception."""
+        if answered_503 and not future.done():
+            self._abandoned.add(future)
+        future.add_done_callback(functools.partial(self._settled, answered_503=answered_503))
+
+    def _settled(self, future: asyncio.Future[Any], *, answered_503: bool) -> None:
+        self._abandoned.discard(future)
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            self._mark_up("late ack")  # the broker answered: it is reachable
+            if answered_503:
+                self._metrics.late_acks.inc()
+        elif isinstance(exc, Discarded):
+            self._metrics.discarded.inc()

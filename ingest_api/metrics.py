@@ -38,6 +38,47 @@ class IngestMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
+        # A 503 means the trace will not be stored (ingest_api.enqueue, shared.cancellations).
+        self.kafka_up = Gauge(
+            "ingest_kafka_up",
+            "1 while the broker is believed reachable (the last send or probe succeeded), else 0",
+            registry=self.registry,
+        )
+        self.fast_503 = Counter(
+            "ingest_fast_503_total",
+            "Traces answered 503 at once, without producing, because the broker was known to be unreachable",
+            registry=self.registry,
+        )
+        self.unproduced_503 = Counter(
+            "ingest_unproduced_503_total",
+            "Traces answered 503 that the producer never took (no metadata or buffer space in time): nothing to cancel",
+            registry=self.registry,
+        )
+        self.cancelled = Counter(
+            "ingest_traces_cancelled_total",
+            "Traces handed to Kafka but not acknowledged in time, cancelled in PostgreSQL, then answered 503",
+            registry=self.registry,
+        )
+        self.cancel_found_stored = Counter(
+            "ingest_cancel_found_stored_total",
+            "Traces whose acknowledgement was late but that were found stored when cancelling: answered as queued",
+            registry=self.registry,
+        )
+        self.unfenced_503 = Counter(
+            "ingest_unfenced_503_total",
+            "Traces answered 503 that could not be cancelled (PostgreSQL unreachable): stored if they reach Kafka",
+            registry=self.registry,
+        )
+        self.late_acks = Counter(
+            "ingest_late_acks_total",
+            "Records Kafka acknowledged after their trace was answered 503 (the storage worker refuses cancelled ones)",
+            registry=self.registry,
+        )
+        self.discarded = Counter(
+            "ingest_discarded_records_total",
+            "Records of traces answered 503 dropped from the producer's buffer during an outage: never sent",
+            registry=self.registry,
+        )
         self.registry_size = Gauge("ingest_key_registry_size", "Keys held in memory", registry=self.registry)
         self.registry_age = Gauge(
             "ingest_key_registry_refresh_age_seconds",
@@ -54,3 +95,6 @@ class IngestMetrics:
         self.registry_size.set_function(size)
         self.registry_age.set_function(age)
         self.registry_lookups.set_function(lookups)
+
+    def watch_kafka(self, up: Callable[[], float]) -> None:
+        self.kafka_up.set_function(up)
