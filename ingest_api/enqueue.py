@@ -3,14 +3,14 @@ trace is never stored.
 
 - **202 only after an ack** (``acks=all``, idempotent producer: see shared.kafka).
 - **A 503 means "not stored".** A record handed to the producer but not acknowledged within
-  ``PRODUCE_TIMEOUT_SECONDS`` stays in the producer's buffer (an idempotent producer never gives a
-  record up) and may reach the broker later. So before answering 503 its trace id (the envelope's
+  ``PRODUCE_TIMEOUT_SECONDS`` stays in the producer's buffer (aiokafka retries it until the broker
+  takes it) and may reach the broker later. So before answering 503 its trace id (the envelope's
   ``trace_id``, read back from the record itself) is cancelled in PostgreSQL
   (``shared.cancellations.cancel``), and the storage worker never stores a cancelled id. When
   ``cancel`` finds the trace stored already (the ack was merely late), it is answered as queued
   after all. When PostgreSQL cannot be reached either, the answer is still 503 — never a 202
-  without an ack or a "stored" — logged and counted
-  (``ingest_unfenced_503_total``): such a trace is stored if its record reaches Kafka.
+  without an ack or a "stored" — logged and counted (``ingest_unfenced_503_total``): such a
+  trace is stored if its record reaches Kafka.
 - **Broker health** (``BrokerHealth``): down when a send times out or fails for want of a
   connection, or when the probe fails — a metadata request every ``PROBE_INTERVAL_SECONDS``, made
   only when no send proved the broker reachable meanwhile; up when a send or a probe succeeds.
@@ -18,10 +18,15 @@ trace is never stored.
   not spent on one attempt (an OpenTelemetry exporter has 10 s), and ``/readyz`` says not ready.
 - **Dropping what was answered 503.** When the broker stays unreachable for longer than the
   produce timeout and no request waits on the producer, whatever its buffer holds belongs to
-  traces already answered 503: the producer is
-  then discarded with its buffer (``discard``) and a new one started, so those records usually
-  never reach the broker. The fence is what guarantees "not stored"; this only spares the
-  pipeline late deliveries it would refuse.
+  traces already answered 503: the producer is replaced, its buffer discarded (``discard``), so
+  those records usually never reach the broker. The fence is what guarantees "not stored"; this
+  only spares the pipeline late deliveries it would refuse.
+- **A producer that lost a record is replaced.** The ingest producer's ``request_timeout_ms`` is
+  the produce timeout, so aiokafka also gives up, by itself, a batch whose partition has had no
+  leader that long (a broker shutting down). That leaves a gap in an idempotent producer's
+  sequence numbers, after which the broker refuses every later batch of the partition
+  (``OutOfOrderSequenceNumber``) for as long as the producer lives: so a producer any of whose
+  taken records failed is replaced at once (``_record_failed``).
 - The producer starts in the background and retries until the broker answers, so the service
   comes up (and answers 503) even while Kafka is away.
 """
@@ -139,7 +144,7 @@ class BrokerHealth:
         return not self.up or now - self.last_success >= interval
 
 
-class Discarded(KafkaConnectionError):
+class Discarded(KafkaError):
     """What the records of a discarded producer fail with: they were never sent."""
 
 
@@ -289,8 +294,8 @@ class Enqueuer:
     async def _watch(self) -> None:
         """Probe the broker when due. Once it has been away for longer than the produce timeout
         (an outage, not a blip: a broker that comes back at once takes the records, and the fence
-        refuses them), and nobody waits on the producer, discard the producer's buffer — records
-        of traces answered 503 — and start a new producer."""
+        refuses them), and nobody waits on the producer, replace the producer: its buffer holds
+        only records of traces answered 503."""
         while not self._closing:
             await asyncio.sleep(PROBE_INTERVAL_SECONDS)
             producer = self._producer
@@ -308,13 +313,21 @@ class Enqueuer:
                 and self._producer is producer
                 and not self._closing
             ):
-                self._producer = None  # from here on, sends answer 503 at once without it
-                log.warning(
-                    "kafka producer discarded with the records of traces answered 503",
-                    abandoned_records=len(self._abandoned),
-                )
-                await discard(producer, 2 * self._timeout + 1)
-                self._spawn(self._start_producer(), "producer-start")
+                self._retire(producer, "outage", abandoned_records=len(self._abandoned))
+
+    def _retire(self, producer: AIOKafkaProducer, why: str, **context: object) -> None:
+        """Replace ``producer``: from now on sends answer 503 at once without it, its buffer is
+        discarded (never delivered) and a new producer — a new idempotent producer id — starts."""
+        if self._producer is not producer or self._closing:
+            return  # retired already, or shutting down (stop() closes it)
+        self._producer = None
+        self._abandoned = set()  # they go with it (each fails Discarded, or never resolves)
+        log.warning("kafka producer replaced; its unsent records discarded", why=why, **context)
+        self._spawn(self._replace(producer), "producer-replace")
+
+    async def _replace(self, producer: AIOKafkaProducer) -> None:
+        await discard(producer, 2 * self._timeout + 1)
+        await self._start_producer()
 
     @staticmethod
     async def _probe(producer: AIOKafkaProducer) -> bool:
@@ -390,6 +403,7 @@ class Enqueuer:
             elif (error := future.exception()) is not None:
                 outcome.append(f"Kafka refused the write: {type(error).__name__}")
                 broker_failure |= isinstance(error, BROKER_UNREACHABLE)
+                self._record_failed(producer, error)
             else:
                 outcome.append(None)
                 continue
@@ -408,17 +422,28 @@ class Enqueuer:
                     outcome[i] = None
                 future = futures[i]
                 assert future is not None
-                self._follow(future, answered_503=not stored)
+                self._follow(producer, future, answered_503=not stored)
         return outcome
 
-    def _follow(self, future: asyncio.Future[Any], *, answered_503: bool) -> None:
+    def _record_failed(self, producer: AIOKafkaProducer, error: BaseException) -> None:
+        """A record the producer had taken failed. aiokafka gave a sequence number to its batch
+        and then gave the batch up (a batch whose partition had no leader for
+        ``request_timeout_ms`` expires; a refused one fails): an idempotent producer's sequence
+        now has a gap, and the broker would refuse every later batch of that partition
+        (``OutOfOrderSequenceNumber``) for as long as the producer lives. So it is replaced."""
+        if not isinstance(error, Discarded):
+            self._retire(producer, "a record it had taken failed", error=type(error).__name__)
+
+    def _follow(self, producer: AIOKafkaProducer, future: asyncio.Future[Any], *, answered_503: bool) -> None:
         """Watch a record whose request was answered without its ack: count what becomes of it,
         keep the buffer's abandoned records known (for ``_watch``), retrieve its exception."""
         if answered_503 and not future.done():
             self._abandoned.add(future)
-        future.add_done_callback(functools.partial(self._settled, answered_503=answered_503))
+        future.add_done_callback(functools.partial(self._settled, producer, answered_503=answered_503))
 
-    def _settled(self, future: asyncio.Future[Any], *, answered_503: bool) -> None:
+    def _settled(
+        self, producer: AIOKafkaProducer, future: asyncio.Future[Any], *, answered_503: bool
+    ) -> None:
         self._abandoned.discard(future)
         if future.cancelled():
             return
@@ -429,3 +454,5 @@ class Enqueuer:
                 self._metrics.late_acks.inc()
         elif isinstance(exc, Discarded):
             self._metrics.discarded.inc()
+        else:
+            self._record_failed(producer, exc)
