@@ -77,6 +77,12 @@ class BrokerControl:
             os.killpg(self.paused, signal.SIGCONT)
             self.paused = None
 
+    def shut_down(self) -> None:
+        """SIGTERM: a graceful shutdown (partitions lose their leader on the way)."""
+        pid = processes.running(self.pidfile)
+        assert pid, "the broker is not running"
+        processes.stop(pid, timeout=60)
+
     def start(self) -> None:
         self.stack.broker.start()  # type: ignore[attr-defined]
 
@@ -219,10 +225,19 @@ class Client:
         return attempt
 
     async def until_accepted(self, session: aiohttp.ClientSession, n: int, timeout: float = 120) -> None:
+        if self.attempts.get(n) and self.attempts[n][-1].status == 202:
+            return
         deadline = time.monotonic() + timeout
         while (await self.post(session, n)).status != 202:
             assert time.monotonic() < deadline, f"trace {n} never accepted"
             await asyncio.sleep(min(float(self.attempts[n][-1].retry_after or 1), 1.0))
+
+    def summary(self) -> str:
+        retried = [sum(a.status == 503 for a in tries) for tries in self.attempts.values()]
+        return (
+            f"{len(retried)} logical traces, {sum(r == 0 for r in retried)} accepted at once, "
+            f"{sum(r > 0 for r in retried)} after 503s ({sum(retried)} 503s in all, at most {max(retried)} for one)"
+        )
 
     def report(self) -> str:
         return ", ".join(
@@ -276,6 +291,8 @@ async def test_a_503_trace_that_reaches_kafka_late_is_never_stored(
     answered 503 — cancelled first — then it thaws and takes them after all. The client retries
     (no x-request-id) until 202. One row per logical trace; the late records are refused."""
     client = Client(ingest.url, pipeline.tenant.keys["n8n"], uuid.uuid4().hex)  # routes to its one platform
+    storage = pipeline.workers[1]
+    refused_before = metric_value(storage, "storage_cancelled_ignored_total")
     async with aiohttp.ClientSession() as session:
         assert (await client.post(session, -1)).status == 202  # warm: metadata known, broker answered
         broker.pause()
@@ -307,6 +324,7 @@ async def test_a_503_trace_that_reaches_kafka_late_is_never_stored(
     assert await cancelled_among(adb, list(accepted)) == set()
     assert await stored_among(adb, list(accepted)) == set(accepted)
     assert await stored_among(adb, list(late)) == set(), "a trace answered 503 was stored (no fence?)"
+    assert metric_value(storage, "storage_cancelled_ignored_total") - refused_before == len(late)
     assert await rows_per_trace(adb, pipeline.tenant, client.run) == {n: 1 for n in range(-1, LOGICAL_TRACES)}
 
 
@@ -367,6 +385,50 @@ async def test_a_dead_broker_means_fast_503s_not_ready_then_recovery_one_row_eac
     )
     assert set(in_raw) == set(accepted), "a dropped (503'd) record reached Kafka after all"
     assert await rows_per_trace(adb, pipeline.tenant, client.run) == {n: 1 for n in range(-1, LOGICAL_TRACES)}
+
+
+async def test_a_broker_shut_down_under_load_leaves_a_producer_that_recovers(
+    broker: BrokerControl, pipeline: Pipeline, ingest: Service, adb: psycopg.AsyncConnection
+) -> None:
+    """SIGTERM while traces are being sent: the partitions lose their leader, aiokafka gives up
+    the batches that wait for one longer than its request timeout — leaving a gap in the
+    idempotent producer's sequence numbers, which would make the broker refuse everything it
+    sends from then on (OutOfOrderSequenceNumber). The producer is replaced: after the restart
+    every trace is accepted, one row each."""
+    client = Client(ingest.url, pipeline.tenant.keys["n8n"], uuid.uuid4().hex)
+    async with aiohttp.ClientSession() as session:
+        assert (await client.post(session, -1)).status == 202
+        stopping = asyncio.create_task(asyncio.to_thread(broker.shut_down))
+        numbers = iter(range(10_000))
+
+        async def keep_sending() -> None:  # new logical traces for as long as the broker shuts down
+            while not stopping.done():
+                if (await client.post(session, next(numbers))).status != 202:
+                    await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(keep_sending() for _ in range(4)))
+        await stopping
+        assert any(tries[0].status == 503 for tries in client.attempts.values()), "nothing was in flight"
+        await asyncio.sleep(PRODUCE_TIMEOUT * 2)  # longer than the producer's request timeout
+        broker.start()
+        await broker.wait_ready()
+        await asyncio.gather(*(client.until_accepted(session, n) for n in list(client.attempts)))
+        # every partition takes writes again (a producer with a sequence gap would be refused on
+        # that partition for good; without x-request-id each trace lands on a random partition)
+        after = [
+            await client.post(session, n)
+            for n in range(20_000, 20_000 + 10 * pipeline.settings.kafka_topic_partitions)
+        ]
+        assert [a.status for a in after] == [202] * len(after)
+    accepted = {uuid.UUID(tries[-1].trace_id): n for n, tries in client.attempts.items()}  # type: ignore[arg-type]
+    deadline = time.monotonic() + 60
+    while not set(accepted) <= set(raw_ids(pipeline, client.run)):
+        assert time.monotonic() < deadline, "a trace answered 202 is not in Kafka"
+        await asyncio.sleep(0.5)
+    await settled(pipeline)
+    replaced = ingest.log.read_text().count("kafka producer replaced")
+    print(f"\ngraceful shutdown: {client.summary()}; producer replaced {replaced}x")
+    assert await rows_per_trace(adb, pipeline.tenant, client.run) == {n: 1 for n in client.attempts}
 
 
 async def test_with_an_external_id_the_503s_and_recovery_keep_every_202_in_kafka(
