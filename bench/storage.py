@@ -46,7 +46,6 @@ from shared.kafka import ensure_topics, make_producer  # noqa: E402
 from shared.settings import Settings, libpq_url  # noqa: E402
 from storage_worker.last_used import LastUsedTracker  # noqa: E402
 from storage_worker.rows import TraceRow, decode_records  # noqa: E402
-from storage_worker.upsert import collapse  # noqa: E402
 from storage_worker.write import COLUMNS, create_stage, write_rows  # noqa: E402
 from tests.pipeline import free_port  # noqa: E402
 from tests.storage_helpers import consumer_record  # noqa: E402
@@ -127,8 +126,7 @@ async def write_path(
     started = time.perf_counter()
     for records in parts:
         decoded = decode_records(records)
-        plan = collapse(decoded.pending)
-        result = await write_rows(conn, plan.writes)
+        result = await write_rows(conn, decoded.pending)
         assert not decoded.invalid and not result.rejected
         for outcome in result.outcomes.values():
             outcomes[outcome] = outcomes.get(outcome, 0) + 1

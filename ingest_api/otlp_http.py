@@ -75,7 +75,6 @@ class Queued(msgspec.Struct, frozen=True):
 
     part: Part
     envelope: RawEnvelope
-    stored_id: uuid.UUID  # the traces row every part of this trace merges into
     platform_id: uuid.UUID | None  # known at ingest (explicit, or a key restricted to one platform)
 
 
@@ -141,12 +140,7 @@ def _admit_part(
         external_id=external_id,
         received_at=received_at,
     )
-    queued = Queued(
-        part,
-        envelope,
-        otlp.stored_trace_id(key.project_id, external_id),
-        known_platform(key, routing.platform_id),
-    )
+    queued = Queued(part, envelope, known_platform(key, routing.platform_id))
     return Admitted(queued, message_key(key.project_id, external_id, envelope.trace_id), encode(envelope))
 
 
@@ -250,7 +244,8 @@ async def accept_on_public(
     """An OTLP body on ``POST /public/traces``, answered in Mibo's envelope.
 
     ``202`` when at least one trace was queued: ``data.id``/``externalId``/``platformId`` are the
-    first trace's (what Mibo's clients read), ``data.traces`` lists every queued trace, and
+    first trace's (what Mibo's clients read; the id is this export's part of the trace, which
+    ``GET /public/traces/{id}`` resolves to the whole merged trace), ``data.traces`` lists every queued trace, and
     ``rejectedSpans``/``rejected`` say what was refused. Nothing queued: ``403`` when every refusal
     was a platform outside the key's scope, else ``400``."""
     decoded = decode(body, encoding)
@@ -270,7 +265,7 @@ async def accept_on_public(
     first = outcome.queued[0]
     traces = [
         {
-            "id": str(q.stored_id),
+            "id": str(q.envelope.trace_id),
             "externalId": q.envelope.external_id,
             "traceId": q.part.trace_id,
             "platformId": str(q.platform_id) if q.platform_id else None,
@@ -280,7 +275,7 @@ async def accept_on_public(
     ]
     return success(
         {
-            "id": str(first.stored_id),
+            "id": str(first.envelope.trace_id),
             "externalId": first.envelope.external_id,
             "platformId": str(first.platform_id) if first.platform_id else None,
             "status": "queued",

@@ -8,13 +8,15 @@ trace accepted a moment ago may still be on its way through Kafka: 404 until it 
 JSON columns are returned as PostgreSQL renders them (``jsonb::text``, embedded with
 ``msgspec.Raw``), never parsed into Python objects on the way out.
 
-A trace sent with an ``x-request-id`` is one row per external id holding its newest version: its
-id is that version's (the id the last POST answered with), ``createdAt`` when the external id was
-first stored, ``updatedAt`` when a newer version last replaced it. An older version's id is 404.
+A trace sent with an ``x-request-id`` is one row per (platform, external id) holding its newest
+version: its id is that version's (the id the last POST answered with), ``createdAt`` when the
+external id was first stored, ``updatedAt`` when a newer version last replaced it. An older
+version's id leads to the newer version (``trace_aliases``).
 
 An OpenTelemetry trace (``bodyShape`` ``otlp``) is the union of its exports: its payload is
 ``{"traceId", "spans": [...]}`` with the spans assembled from ``trace_spans`` (each with the
-``resource`` that sent it), ordered by start time; its id is the same for every export.
+``resource`` that sent it), ordered by start time; the id every export was answered with leads to
+it, and its own id (``shared.otlp.stored_trace_id``) is the same for every export.
 """
 
 from __future__ import annotations
@@ -51,9 +53,20 @@ SELECT t.id, t.platform_id, t.external_id, t.body_shape,
        )::text ELSE t.payload::text END,
        t.metadata::text, t.external_metadata::text, t.received_at, t.stored_at, t.updated_at
 FROM traces t
-WHERE t.id = %(id)s AND t.project_id = %(project_id)s
+WHERE t.id = (
+    SELECT id FROM traces WHERE id = %(id)s
+    UNION ALL
+    SELECT r.id FROM trace_aliases a
+    JOIN traces r ON r.project_id = a.project_id AND r.platform_id = a.platform_id
+                 AND r.external_id = a.external_id
+    WHERE a.id = %(id)s
+    LIMIT 1)
+  AND t.project_id = %(project_id)s
   AND (NOT %(restricted)s OR t.platform_id = ANY(%(scope)s))
 """
+# The id is a row's own, or an alias (trace_aliases, migration 0005): an earlier version of an
+# x-request-id trace, or one export of an OpenTelemetry trace. Either leads to the trace as stored
+# now; the scope filter applies to that trace's platform, so no alias crosses a key's scope.
 
 
 def _trace_id(value: str) -> uuid.UUID:
@@ -130,7 +143,7 @@ async def get_trace(request: web.Request) -> web.Response:
             [
                 Detail(
                     "not_found",
-                    f"No stored trace {trace_id} for this API key (it may still be queued, or was replaced by a newer version)",
+                    f"No stored trace {trace_id} for this API key (it may still be queued)",
                     "id",
                     "path",
                 )

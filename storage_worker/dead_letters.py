@@ -54,3 +54,8 @@ async def send_all(producer: AIOKafkaProducer, topic: str, letters: Sequence[Let
 def rejected(detail: str) -> dlq.DeadLetter:
     """A row PostgreSQL refused (``storage_rejected``); ``detail`` names the trace and the error."""
     return dlq.DeadLetter("storage_rejected", detail)
+
+
+def unresolved(detail: str) -> dlq.DeadLetter:
+    """A trace routed to a platform that was deleted before it could be stored."""
+    return dlq.DeadLetter("platform_unresolved", detail)

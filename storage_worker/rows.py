@@ -52,7 +52,8 @@ class TraceRow(msgspec.Struct, frozen=True, kw_only=True):
     ``metadata`` and ``external_metadata`` are copied out of it so they can be queried alone.
 
     For an OTLP part ``id`` is the part's own (envelope) id — what re-deliveries are recognised
-    by — while the stored row's id is ``shared.otlp.stored_trace_id`` (see :func:`stored_id`);
+    by, and an alias of the trace (``trace_aliases``) — while the stored row's id is
+    ``shared.otlp.stored_trace_id`` of its identity (see :func:`stored_id`);
     ``spans`` holds its spans (empty for every other shape)."""
 
     id: uuid.UUID
@@ -76,7 +77,7 @@ def stored_id(row: TraceRow) -> uuid.UUID:
     """The ``traces.id`` this row is written as: its own id, or an OTLP trace's derived one."""
     if row.is_otlp:
         assert row.external_id is not None
-        return otlp.stored_trace_id(row.project_id, row.external_id)
+        return otlp.stored_trace_id(row.project_id, row.platform_id, row.external_id)
     return row.id
 
 

@@ -12,17 +12,17 @@ compares the whole write path against a plain COPY of the same rows. The staging
 
 Two statements, because an ``ON CONFLICT`` names one target:
 - no external id → keyed by trace id: ``ON CONFLICT (id) DO NOTHING`` — a re-delivery is a no-op;
-- external id → ``ON CONFLICT (project_id, external_id) DO UPDATE ... WHERE (stored.received_at,
-  stored.id) < (new.received_at, new.id)``: a newer version replaces id, platform, key, body,
+- external id → ``ON CONFLICT (project_id, platform_id, external_id) DO UPDATE ... WHERE
+  (stored.received_at, stored.id) < (new.received_at, new.id)``: a newer version replaces id, platform, key, body,
   metadata, received-at and updated-at (``stored_at`` stays: when the trace first arrived); an
   older one, or the same one again, changes nothing. The row's id is that of the version it holds
   — the id the client got for its last POST — and ties on received-at are broken by trace id
   exactly as in ``upsert.collapse``.
 ``RETURNING (xmax = 0)`` tells an insert from an update (a fresh tuple has no deleting xid).
 
-OTLP traces (body_shape ``otlp``, identity ``(project_id, 'otlp:<trace id>')``) take a third path,
-the merge of ``storage_worker.merge`` (why a spans table: migration 0004):
-- the trace row: ``ON CONFLICT (project_id, external_id) DO UPDATE`` of the trace-level columns
+OTLP traces (body_shape ``otlp``, identity ``(project_id, platform_id, 'otlp:<trace id>')``) take a
+third path, the merge of ``storage_worker.merge`` (why a spans table: migration 0004):
+- the trace row: ``ON CONFLICT (project_id, platform_id, external_id) DO UPDATE`` of the trace-level columns
   when the part is newer by received-at (the row's id is derived from the trace and never
   changes);
 - its spans: binary COPY into a second staging table, then ``INSERT INTO trace_spans ... ON
@@ -53,9 +53,17 @@ import psycopg
 import structlog
 from psycopg import errors as pg_errors
 
+from shared import cancellations
 from storage_worker.merge import classify
 from storage_worker.rows import Pending, TraceRow, stored_id
-from storage_worker.upsert import Outcome, StoredVersion, classify_conflicts
+from storage_worker.upsert import (
+    Outcome,
+    Plan,
+    StoredVersion,
+    classify_conflicts,
+    collapse,
+    external_identity,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -114,10 +122,10 @@ RETURNING id
 
 UPSERT_BY_EXTERNAL_ID = f"""
 INSERT INTO traces AS stored ({_COLUMN_LIST})
-{_SELECT_STAGE} WHERE external_id IS NOT NULL AND body_shape <> 'otlp' ORDER BY project_id, external_id
-ON CONFLICT (project_id, external_id) DO UPDATE SET
+{_SELECT_STAGE} WHERE external_id IS NOT NULL AND body_shape <> 'otlp'
+ORDER BY project_id, platform_id, external_id
+ON CONFLICT (project_id, platform_id, external_id) DO UPDATE SET
     id = EXCLUDED.id,
-    platform_id = EXCLUDED.platform_id,
     api_key_id = EXCLUDED.api_key_id,
     body_shape = EXCLUDED.body_shape,
     payload = EXCLUDED.payload,
@@ -126,15 +134,14 @@ ON CONFLICT (project_id, external_id) DO UPDATE SET
     received_at = EXCLUDED.received_at,
     updated_at = now()
 WHERE (stored.received_at, stored.id) < (EXCLUDED.received_at, EXCLUDED.id)
-RETURNING stored.project_id, stored.external_id, (stored.xmax = 0) AS inserted
+RETURNING stored.project_id, stored.platform_id, stored.external_id, (stored.xmax = 0) AS inserted
 """
 # ORDER BY: concurrent writers (two workers during a rebalance) take row locks in the same order.
 
 UPSERT_OTLP_TRACES = f"""
 INSERT INTO traces AS stored ({_COLUMN_LIST})
-{_SELECT_STAGE} WHERE body_shape = 'otlp' ORDER BY project_id, external_id
-ON CONFLICT (project_id, external_id) DO UPDATE SET
-    platform_id = EXCLUDED.platform_id,
+{_SELECT_STAGE} WHERE body_shape = 'otlp' ORDER BY project_id, platform_id, external_id
+ON CONFLICT (project_id, platform_id, external_id) DO UPDATE SET
     api_key_id = EXCLUDED.api_key_id,
     payload = EXCLUDED.payload,
     metadata = EXCLUDED.metadata,
@@ -173,10 +180,26 @@ JOIN trace_spans s ON s.trace_id = wanted.trace_id AND s.span_id = wanted.span_i
 """
 
 STORED_VERSIONS = """
-SELECT t.project_id, t.external_id, t.id, t.received_at
-FROM unnest(%s::uuid[], %s::text[]) AS wanted(project_id, external_id)
-JOIN traces t ON t.project_id = wanted.project_id AND t.external_id = wanted.external_id
+SELECT t.project_id, t.platform_id, t.external_id, t.id, t.received_at
+FROM unnest(%s::uuid[], %s::uuid[], %s::text[]) AS wanted(project_id, platform_id, external_id)
+JOIN traces t ON t.project_id = wanted.project_id AND t.platform_id = wanted.platform_id
+             AND t.external_id = wanted.external_id
 """
+
+LIVE_PLATFORMS = "SELECT id, project_id FROM platforms WHERE id = ANY(%s) FOR KEY SHARE"
+# FOR KEY SHARE: a platform deleted concurrently waits for this transaction; one deleted before it
+# began is not found, and its traces are dead-lettered instead of stored (SPEC §6).
+
+INSERT_ALIASES = """
+INSERT INTO trace_aliases (id, project_id, platform_id, external_id)
+SELECT a.id, a.project_id, a.platform_id, a.external_id
+FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[]) AS a(id, project_id, platform_id, external_id)
+JOIN projects p ON p.id = a.project_id
+ORDER BY a.id
+ON CONFLICT (id) DO NOTHING
+"""
+# Every accepted id of a trace with an identity beyond its own id (each x-request-id version, each
+# OTLP export) leads to that trace: GET /public/traces/{id} with any id a 202 answered finds it.
 
 ROW_FAULTS: tuple[type[psycopg.Error], ...] = (
     pg_errors.CardinalityViolation,  # class 21: self-heals by bisection (never expected: see upsert.py)
@@ -195,8 +218,17 @@ class Rejected:
 
 @dataclass(slots=True)
 class WriteResult:
+    """What became of one batch: an outcome per written record (stored, replaced, duplicate,
+    stale, merged), the writes PostgreSQL refused, the records whose platform no longer exists
+    (dead-lettered ``platform_unresolved``), the records cancelled by a 503 (never stored), and
+    how many the collapse found to be duplicates or stale inside the batch."""
+
     outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
+    orphaned: list[Pending] = field(default_factory=list)
+    cancelled: list[Pending] = field(default_factory=list)
+    duplicates: int = 0
+    stale: int = 0
 
     def merge(self, other: WriteResult) -> WriteResult:
         self.outcomes.update(other.outcomes)
@@ -209,6 +241,16 @@ async def create_stage(conn: psycopg.AsyncConnection[Any]) -> None:
     async with conn.transaction():
         await conn.execute(CREATE_STAGE)
         await conn.execute(CREATE_SPAN_STAGE)
+
+
+def orphan_detail(row: TraceRow) -> str:
+    """Why a routed trace cannot be stored on its platform: it was deleted after the routing."""
+    return (
+        f"Platform {row.platform_id} no longer exists in project {row.project_id}: the platform "
+        f"(or its project) was deleted after the router chose it for trace {row.id}"
+        + (f" (external id {row.external_id!r})" if row.external_id is not None else "")
+        + ". A trace is never stored on a deleted platform; replay it once routing is settled."
+    )
 
 
 def refusal_detail(row: TraceRow, exc: psycopg.Error) -> str:
@@ -252,19 +294,22 @@ async def _attempt(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending])
                 outcomes[row.id] = "stored" if row.id in inserted else "duplicate"
         if by_external_id:
             await cur.execute(UPSERT_BY_EXTERNAL_ID)
-            written = {(project, external): fresh for project, external, fresh in await cur.fetchall()}
+            written = {
+                (project, platform, external): fresh
+                for project, platform, external, fresh in await cur.fetchall()
+            }
             losers: list[TraceRow] = []
             for row in by_external_id:
-                fresh = written.get((row.project_id, row.external_id))  # type: ignore[arg-type]
+                fresh = written.get(external_identity(row))
                 if fresh is None:
                     losers.append(row)
                 else:
                     outcomes[row.id] = "stored" if fresh else "replaced"
             if losers:
                 await cur.execute(
-                    STORED_VERSIONS, ([r.project_id for r in losers], [r.external_id for r in losers])
+                    STORED_VERSIONS, tuple(map(list, zip(*map(external_identity, losers), strict=True)))
                 )
-                stored = {(p, e): StoredVersion(i, at) for p, e, i, at in await cur.fetchall()}
+                stored = {(p, pl, e): StoredVersion(i, at) for p, pl, e, i, at in await cur.fetchall()}
                 outcomes.update(classify_conflicts(losers, stored))
         if otlp_writes:
             outcomes.update(await _merge_otlp(cur, otlp_writes))
@@ -333,17 +378,62 @@ async def _isolate(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending])
     return left.merge(await _isolate(conn, items[middle:]))
 
 
-async def write_rows(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending]) -> WriteResult:
-    """Write one collapsed batch (at most one row per identity) and commit.
+async def _admit(
+    conn: psycopg.AsyncConnection[Any], pending: Sequence[Pending], result: WriteResult
+) -> list[Pending]:
+    """Inside the write transaction, before anything is written: drop the records a 503 cancelled
+    (``shared.cancellations.fence``: holds its lock until commit) and those whose platform no longer
+    exists (the platforms found stay locked against deletion until commit)."""
+    async with conn.cursor() as cur:
+        cancelled = await cancellations.fence(cur, {item.row.id for item in pending})
+        await cur.execute(LIVE_PLATFORMS, (list({item.row.platform_id for item in pending}),))
+        live = {(platform, project) for platform, project in await cur.fetchall()}
+    admitted: list[Pending] = []
+    for item in pending:
+        if item.row.id in cancelled:
+            result.cancelled.append(item)
+        elif (item.row.platform_id, item.row.project_id) not in live:
+            result.orphaned.append(item)
+        else:
+            admitted.append(item)
+    return admitted
 
-    Returns each written row's outcome and the rows PostgreSQL refused; raises on anything that
-    is not the data's fault (the transaction is then rolled back and nothing was written)."""
-    if not items:
+
+async def _alias(conn: psycopg.AsyncConnection[Any], rows: Sequence[TraceRow]) -> None:
+    aliased = [row for row in rows if row.external_id is not None]
+    if aliased:
+        columns = zip(*((row.id, *external_identity(row)) for row in aliased), strict=True)
+        await conn.execute(INSERT_ALIASES, tuple(map(list, columns)))
+
+
+async def _write_admitted(
+    conn: psycopg.AsyncConnection[Any], pending: Sequence[Pending], *, isolate: bool
+) -> WriteResult:
+    """One transaction: admit, collapse, write (all at once, or by bisection), alias, commit."""
+    result = WriteResult()
+    async with conn.transaction():
+        plan: Plan = collapse(await _admit(conn, pending, result))
+        result.duplicates, result.stale = len(plan.duplicates), len(plan.stale)
+        if isolate:
+            result.merge(await _isolate(conn, plan.writes))
+        elif plan.writes:
+            result.outcomes.update(await _attempt(conn, plan.writes))
+        refused = {part.row.id for r in result.rejected for part in r.pending.originals}
+        kept = [part.row for item in (*plan.writes, *plan.stale) for part in item.originals]
+        await _alias(conn, [row for row in kept if row.id not in refused])
+    return result
+
+
+async def write_rows(conn: psycopg.AsyncConnection[Any], pending: Sequence[Pending]) -> WriteResult:
+    """Write one batch of decoded records and commit: admitted (:func:`_admit`), collapsed to one
+    write per identity (``upsert.collapse``), upserted, and their ids aliased to their traces.
+
+    Returns each written record's outcome and what was not written; raises on anything that is
+    not the data's fault (the transaction is then rolled back and nothing was written)."""
+    if not pending:
         return WriteResult()
     try:
-        async with conn.transaction():
-            return WriteResult(await _attempt(conn, items))
+        return await _write_admitted(conn, pending, isolate=False)
     except ROW_FAULTS as exc:
-        log.info("batch refused; isolating the rows PostgreSQL refuses", rows=len(items), error=str(exc))
-    async with conn.transaction():
-        return await _isolate(conn, items)
+        log.info("batch refused; isolating the rows PostgreSQL refuses", rows=len(pending), error=str(exc))
+    return await _write_admitted(conn, pending, isolate=True)

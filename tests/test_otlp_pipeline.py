@@ -142,10 +142,10 @@ async def get_trace(ingest: Service, trace_id: uuid.UUID | str, key: str) -> tup
 
 
 async def wait_trace(
-    ingest: Service, shop: Shop, trace_hex: str, spans: int, key: str | None = None
+    ingest: Service, shop: Shop, platform: uuid.UUID, trace_hex: str, spans: int, key: str | None = None
 ) -> dict[str, Any]:
     """The stored OTLP trace once it holds ``spans`` spans, as ``GET /public/traces/{id}`` shows it."""
-    stored_id = otlp.stored_trace_id(shop.project_id, f"otlp:{trace_hex}")
+    stored_id = otlp.stored_trace_id(shop.project_id, platform, f"otlp:{trace_hex}")
     data: dict[str, Any] = {}
 
     async def complete() -> bool:
@@ -181,11 +181,11 @@ async def test_sdk_protobuf_exporter_spans_are_stored_under_the_platform_of_thei
 
     sdk = {s.name: s for s in memory.get_finished_spans()}
     trace_hex = hex_trace_id(sdk["place order"])
-    data = await wait_trace(pipeline, shop, trace_hex, 3)
+    data = await wait_trace(pipeline, shop, shop.checkout, trace_hex, 3)
 
     assert data["platformId"] == str(shop.checkout)  # service.name → otlp_service_name
     assert (data["bodyShape"], data["externalId"]) == ("otlp", f"otlp:{trace_hex}")
-    assert data["id"] == str(otlp.stored_trace_id(shop.project_id, f"otlp:{trace_hex}"))
+    assert data["id"] == str(otlp.stored_trace_id(shop.project_id, shop.checkout, f"otlp:{trace_hex}"))
     assert data["payload"]["traceId"] == trace_hex
     spans = {s["name"]: s for s in data["payload"]["spans"]}
     assert set(spans) == {"place order", "charge card", "send email"}
@@ -220,7 +220,7 @@ async def test_otlp_json_on_v1_traces_and_on_public_traces(pipeline: Service, sh
     assert status == 202, answer
     second_hex = hex_trace_id(second[0])
     data = answer["data"]
-    assert data["id"] == str(otlp.stored_trace_id(shop.project_id, f"otlp:{second_hex}"))
+    assert data["id"] == data["traces"][0]["id"]  # this export's id: it leads to the merged trace
     assert (data["externalId"], data["status"], data["acceptedSpans"], data["rejectedSpans"]) == (
         f"otlp:{second_hex}",
         "queued",
@@ -236,9 +236,11 @@ async def test_otlp_json_on_v1_traces_and_on_public_traces(pipeline: Service, sh
     assert status == 202, body
 
     for spans in (first, second, third):
-        data = await wait_trace(pipeline, shop, hex_trace_id(spans[0]), 3)
+        data = await wait_trace(pipeline, shop, shop.billing, hex_trace_id(spans[0]), 3)
         assert data["platformId"] == str(shop.billing)
         assert {s["name"] for s in data["payload"]["spans"]} == {"place order", "charge card", "send email"}
+    _, via_export = await get_trace(pipeline, answer["data"]["id"], shop.key)  # the 202's id
+    assert via_export["data"]["payload"]["traceId"] == second_hex
 
 
 async def test_a_trace_sent_in_three_exports_is_stored_once_with_all_its_spans(
@@ -253,7 +255,7 @@ async def test_a_trace_sent_in_three_exports_is_stored_once_with_all_its_spans(
     assert len(sender.results) == 3 and set(sender.results) == {SpanExportResult.SUCCESS}
 
     trace_hex = hex_trace_id(sender.spans[0])
-    data = await wait_trace(pipeline, shop, trace_hex, 3)
+    data = await wait_trace(pipeline, shop, shop.checkout, trace_hex, 3)
     assert {s["name"] for s in data["payload"]["spans"]} == {"place order", "charge card", "send email"}
     cur = await adb.execute(
         "SELECT count(*) FROM traces WHERE project_id = %s AND external_id = %s",
@@ -306,7 +308,7 @@ async def test_restricted_key_gets_partial_success_for_an_out_of_scope_platform(
     assert answer.partial_success.rejected_spans == 3
     message = answer.partial_success.error_message
     assert "restricted" in message and "not allowed" in message and str(shop.billing) in message
-    data = await wait_trace(pipeline, shop, hex_trace_id(inside[0]), 1, key=shop.checkout_key)
+    data = await wait_trace(pipeline, shop, shop.checkout, hex_trace_id(inside[0]), 1, key=shop.checkout_key)
     assert data["platformId"] == str(shop.checkout)
 
     # on /public/traces, nothing accepted: Mibo's 403

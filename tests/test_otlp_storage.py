@@ -62,7 +62,8 @@ def test_an_otlp_record_becomes_a_row_with_versioned_spans(mem_tenant: Tenant) -
     assert [s.span_id for s in row.spans] == ["a" * 16, "b" * 16]
     assert all(s.part_id == row.id and s.received_at == T0 for s in row.spans)
     assert msgspec.json.decode(row.spans[1].span)["parent_span_id"] == "a" * 16
-    assert stored_id(row) == otlp.stored_trace_id(mem_tenant.project_id, f"otlp:{trace_hex}") != row.id
+    expected = otlp.stored_trace_id(mem_tenant.project_id, row.platform_id, f"otlp:{trace_hex}")
+    assert stored_id(row) == expected != row.id
 
 
 def test_malformed_otlp_bodies_are_invalid_envelopes(mem_tenant: Tenant) -> None:
@@ -150,8 +151,7 @@ async def traces_db(settings: Settings) -> AsyncIterator[Database]:
 
 
 async def write(traces_db: Database, items: list[Pending]) -> WriteResult:
-    plan = collapse(items)
-    result = await write_rows(await traces_db.connection(), plan.writes)
+    result = await write_rows(await traces_db.connection(), items)
     assert not result.rejected
     return result
 
@@ -180,7 +180,7 @@ async def test_parts_merge_into_one_trace_in_any_order_and_idempotently(
     trace_hex = new_trace()
     a, b, c = "a" * 16, "b" * 16, "c" * 16
     p1 = part(tenant, trace_hex, canonical_span(a, "root"), at=T0)
-    p2 = part(tenant, trace_hex, canonical_span(b, "child", a), at=T0 + SEC, platform=tenant.n8n,
+    p2 = part(tenant, trace_hex, canonical_span(b, "child", a), at=T0 + SEC,
               resource={"service.name": "shop", "v": 2})  # fmt: skip
     p3 = part(tenant, trace_hex, canonical_span(c, "late", a), at=T0 - SEC)  # older, arrives last
 
@@ -189,15 +189,15 @@ async def test_parts_merge_into_one_trace_in_any_order_and_idempotently(
     (trace_id, platform, received, stored_at, updated, payload, metadata), spans = await stored(
         adb, tenant, trace_hex
     )
-    assert trace_id == otlp.stored_trace_id(tenant.project_id, f"otlp:{trace_hex}")
-    assert (platform, received, metadata) == (tenant.n8n, T0 + SEC, {"service.name": "shop", "v": 2})
+    assert trace_id == otlp.stored_trace_id(tenant.project_id, p1.row.platform_id, f"otlp:{trace_hex}")
+    assert (platform, received, metadata) == (p1.row.platform_id, T0 + SEC, {"service.name": "shop", "v": 2})
     assert payload == {"traceId": trace_hex}
     assert {k: v["name"] for k, v in spans.items()} == {a: "root", b: "child"}
     assert spans[a]["resource"] == {"service.name": "shop"} and spans[b]["resource"]["v"] == 2
 
     assert (await write(traces_db, [p3])).outcomes == {p3.row.id: "merged"}  # spans added, row kept
     row, spans = await stored(adb, tenant, trace_hex)
-    assert (row[1], row[2]) == (tenant.n8n, T0 + SEC) and row[4] > updated and row[3] == stored_at
+    assert (row[1], row[2]) == (p1.row.platform_id, T0 + SEC) and row[4] > updated and row[3] == stored_at
     assert set(spans) == {a, b, c}
 
     # re-deliveries, alone or together: nothing changes
@@ -236,8 +236,7 @@ async def test_a_refused_merge_dead_letters_every_part(
     good = part(tenant, trace_hex, canonical_span("a" * 16, "fine"), at=T0)
     poison = part(tenant, trace_hex, canonical_span("b" * 16, "nul \u0000 here"), at=T0 + SEC)
     other = part(tenant, new_trace(), canonical_span("c" * 16), at=T0)
-    plan = collapse([good, poison, other])
-    result = await write_rows(await traces_db.connection(), plan.writes)
+    result = await write_rows(await traces_db.connection(), [good, poison, other])
     assert [r.pending.row.id for r in result.rejected] == [poison.row.id]
     assert {p.row.id for p in result.rejected[0].pending.originals} == {good.row.id, poison.row.id}
     assert "OTLP trace" in result.rejected[0].detail

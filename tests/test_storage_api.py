@@ -179,7 +179,8 @@ async def test_seed_curl_through_the_whole_pipeline(
         status, answer = await get_trace(ingest, second, key.key)  # the id the last POST answered with
         assert status == 200 and answer["data"]["externalId"] == ext, answer
         assert answer["data"]["createdAt"] < answer["data"]["updatedAt"]
-        assert (await get_trace(ingest, first, key.key))[0] == 404  # that version was replaced
+        status, answer = await get_trace(ingest, first, key.key)  # that version was replaced:
+        assert status == 200 and answer["data"]["id"] == second  # its id leads to the newer one
 
         # The key's last_used_at follows within seconds: the newest trace's received-at.
         cur = await adb.execute(

@@ -142,6 +142,18 @@ def test_external_ids_are_scoped_by_project(tenant: Tenant) -> None:
     assert len(plan.writes) == 2
 
 
+def test_external_ids_are_scoped_by_platform(tenant: Tenant) -> None:
+    """Two platforms that reuse an external id (two n8n instances numbering executions alike, or
+    a key of another platform replaying an id) keep two traces: the platform is in the identity."""
+    prod = pending(tenant, external_id="42", platform=tenant.n8n, received_at=T0)
+    staging = pending(
+        tenant, external_id="42", platform=tenant.flowise, received_at=T0 + dt.timedelta(seconds=1)
+    )
+    plan = collapse([prod, staging])
+    assert plan.writes == [prod, staging] and not plan.stale
+    assert identity(prod.row) == (tenant.project_id, tenant.n8n, "42") != identity(staging.row)
+
+
 def test_equal_received_at_is_broken_by_trace_id_deterministically(tenant: Tenant) -> None:
     a = pending(tenant, external_id="x", received_at=T0)
     b = pending(tenant, external_id="x", received_at=T0)
@@ -157,9 +169,13 @@ def test_classify_conflicts(tenant: Tenant) -> None:
     replaced = pending(tenant, external_id="y", received_at=T0).row
     older = pending(tenant, external_id="z", received_at=T0).row
     stored = {
-        (tenant.project_id, "x"): StoredVersion(current.id, current.received_at),  # this very version
-        (tenant.project_id, "y"): StoredVersion(uuid.uuid4(), T0 + dt.timedelta(seconds=1)),  # replaced since
-        (tenant.project_id, "z"): StoredVersion(uuid.uuid4(), T0),  # an equal time, a winning id
+        (tenant.project_id, tenant.http, "x"): StoredVersion(
+            current.id, current.received_at
+        ),  # this very version
+        (tenant.project_id, tenant.http, "y"): StoredVersion(
+            uuid.uuid4(), T0 + dt.timedelta(seconds=1)
+        ),  # replaced since
+        (tenant.project_id, tenant.http, "z"): StoredVersion(uuid.uuid4(), T0),  # an equal time, a winning id
     }
     assert classify_conflicts([current, replaced, older], stored) == {
         current.id: "duplicate",

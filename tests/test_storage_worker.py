@@ -60,7 +60,7 @@ async def test_a_newer_version_replaces_an_older_one_never_the_reverse(
 ) -> None:
     ext = f"req-{uuid.uuid4()}"
     t = dt.datetime.now(dt.UTC)
-    first = routed_envelope(tenant, external_id=ext, received_at=t, raw_body=body("v1"))
+    first = routed_envelope(tenant, external_id=ext, received_at=t, raw_body=body("v1"), platform=tenant.n8n)
     await produce(settings, topics.routed, [first])
 
     async def has(text: str) -> bool:
@@ -80,7 +80,11 @@ async def test_a_newer_version_replaces_an_older_one_never_the_reverse(
     assert metric_value(storage, "storage_traces_replaced_total") >= replaced_before + 1
 
     older = routed_envelope(
-        tenant, external_id=ext, received_at=t - dt.timedelta(hours=1), raw_body=body("v0")
+        tenant,
+        external_id=ext,
+        received_at=t - dt.timedelta(hours=1),
+        raw_body=body("v0"),
+        platform=tenant.n8n,
     )
     await produce(settings, topics.routed, [older])
 
@@ -235,8 +239,8 @@ async def test_a_trace_of_a_deleted_project_is_dead_lettered_not_blocking(
 
     record = await dlq_tap.wait_for(key_of(orphan), timeout=30)
     headers = dlq.read_headers(record.headers)
-    assert headers[dlq.REASON] == "storage_rejected"
-    assert "project no longer exists" in headers[dlq.DETAIL]
+    assert headers[dlq.REASON] == "platform_unresolved"  # its project, hence its platform, is gone
+    assert "no longer exists" in headers[dlq.DETAIL]
     assert str(orphan.trace_id) in headers[dlq.DETAIL]
     await eventually(lambda: _equals(stored(adb, [fine.trace_id]), 1), what="the other trace stored")
 

@@ -17,8 +17,7 @@ from shared.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.last_used import LastUsedTracker, flush, write_marks
 from storage_worker.rows import Pending, decode_record
-from storage_worker.upsert import collapse
-from storage_worker.write import WriteResult, create_stage, write_rows
+from storage_worker.write import WriteResult, create_stage, orphan_detail, write_rows
 from tests.pipeline import Tenant
 from tests.storage_helpers import body, consumer_record, routed_envelope
 
@@ -40,9 +39,9 @@ def item(tenant: Tenant, **kwargs) -> Pending:  # type: ignore[no-untyped-def]
 
 
 async def write(traces_db: Database, items: list[Pending]) -> WriteResult:
-    plan = collapse(items)
-    assert not plan.duplicates and not plan.stale
-    return await write_rows(await traces_db.connection(), plan.writes)
+    result = await write_rows(await traces_db.connection(), items)
+    assert not result.duplicates and not result.stale
+    return result
 
 
 async def test_outcomes_of_the_upsert(
@@ -94,14 +93,14 @@ async def test_poison_rows_are_isolated_and_the_rest_stored(
         items[index] = poison
 
     result = await write(traces_db, items)
-    assert {r.pending.row.id for r in result.rejected} == {p.row.id for p in bad.values()}
+    # the project (hence the platform) deleted meanwhile: never stored, dead-lettered as unresolved
+    assert [o.row.id for o in result.orphaned] == [bad[49].row.id]
+    assert "no longer exists" in orphan_detail(bad[49].row)
+    assert {r.pending.row.id for r in result.rejected} == {bad[0].row.id, bad[17].row.id}
     assert set(result.outcomes.values()) == {"stored"} and len(result.outcomes) == 47
     for rejected in result.rejected:
         assert str(rejected.pending.row.id) in rejected.detail
-    orphan = next(r for r in result.rejected if r.pending.row.project_id == gone.id)
-    assert "project no longer exists" in orphan.detail
-    nul = next(r for r in result.rejected if r.pending.row.project_id != gone.id)
-    assert "\\u0000 cannot be converted to text" in nul.detail
+        assert "\\u0000 cannot be converted to text" in rejected.detail
     cur = await adb.execute("SELECT count(*) FROM traces WHERE id = ANY(%s)", ([i.row.id for i in items],))
     assert (await cur.fetchone())[0] == 47
 
