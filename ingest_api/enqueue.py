@@ -2,7 +2,7 @@
 
 The producer starts in the background and retries until the broker answers, so the service comes
 up (and answers 503) even while Kafka is away. A 202 is only ever sent after an ack
-(``acks=all``, idempotent producer: see shared.kafka).
+(``acks=all``, idempotent producer: see shared.runtime.kafka).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from aiokafka.errors import KafkaError
 
 from ingest_api.metrics import IngestMetrics
 from ingest_api.responses import ApiError, Detail
-from shared.kafka import make_producer
-from shared.settings import Settings
+from shared.runtime.kafka import make_producer
+from shared.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +78,7 @@ class Enqueuer:
 
     async def stop(self) -> None:
         """Flush what is buffered (in-flight requests are still waiting on it), then close."""
-        self._closing = True  # see shared.change_feed.ChangeFeed.stop for why a flag too
+        self._closing = True  # see shared.registry.change_feed.ChangeFeed.stop for why a flag too
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
             await asyncio.wait([self._starting], timeout=35)

@@ -25,8 +25,8 @@ import uuid
 import msgspec
 
 from router_worker.platforms import PlatformInfo, Snapshot
-from shared.dlq import DeadLetter
-from shared.envelope import Hints, RawEnvelope, ResolvedBy
+from shared.contracts.dlq import DeadLetter
+from shared.contracts.envelope import Hints, RawEnvelope, ResolvedBy
 
 
 class Routed(msgspec.Struct, frozen=True):

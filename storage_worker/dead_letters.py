@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from shared import dlq
+from shared.contracts import dlq
 from storage_worker.rows import Source
 
 log = structlog.get_logger(__name__)

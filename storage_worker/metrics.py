@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from shared.worker import lag_gauge
+from shared.runtime.worker import lag_gauge
 
 
 class StorageMetrics:
@@ -37,7 +37,7 @@ class StorageMetrics:
         )
         self.cancelled = Counter(
             "storage_cancelled_ignored",
-            "Records the ingest API answered 503 and cancelled (shared.cancellations): never stored",
+            "Records the ingest API answered 503 and cancelled (shared.db.cancellations): never stored",
             registry=r,
         )
         self.dead_lettered = Counter(

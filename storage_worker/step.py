@@ -3,7 +3,7 @@
 decode (pure) → write (one transaction: admit, collapse, upsert) → dead letters (acknowledged) →
 note keys.
 The step returns only when the database transaction committed and every dead letter was
-acknowledged; ``shared.worker.run_batches`` commits the batch's offsets only then, and retries
+acknowledged; ``shared.runtime.worker.run_batches`` commits the batch's offsets only then, and retries
 the same records (with capped backoff) when the step raises — for example while PostgreSQL is
 restarting. Retrying is safe because the write is idempotent.
 """
@@ -16,7 +16,7 @@ from collections import Counter
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from shared.worker import Batch
+from shared.runtime.worker import Batch
 from storage_worker import dead_letters
 from storage_worker.database import Database
 from storage_worker.last_used import LastUsedTracker

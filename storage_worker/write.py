@@ -53,7 +53,7 @@ import psycopg
 import structlog
 from psycopg import errors as pg_errors
 
-from shared import cancellations
+from shared.db import cancellations
 from storage_worker.merge import classify
 from storage_worker.rows import Pending, TraceRow, stored_id
 from storage_worker.upsert import (
@@ -382,7 +382,7 @@ async def _admit(
     conn: psycopg.AsyncConnection[Any], pending: Sequence[Pending], result: WriteResult
 ) -> list[Pending]:
     """Inside the write transaction, before anything is written: drop the records a 503 cancelled
-    (``shared.cancellations.fence``: holds its lock until commit) and those whose platform no longer
+    (``shared.db.cancellations.fence``: holds its lock until commit) and those whose platform no longer
     exists (the platforms found stay locked against deletion until commit)."""
     async with conn.cursor() as cur:
         cancelled = await cancellations.fence(cur, {item.row.id for item in pending})

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import psycopg
 import pytest
 
-from shared.settings import Settings, libpq_url
+from shared.runtime.settings import Settings, libpq_url
 from tests.services import Services, provide
 
 
@@ -39,7 +39,7 @@ def settings(services: Services) -> Settings:
 
 @pytest.fixture(scope="session")
 async def topics(settings: Settings):  # type: ignore[no-untyped-def]
-    from shared.kafka import ensure_topics
+    from shared.runtime.kafka import ensure_topics
 
     return await ensure_topics(settings)
 
@@ -60,7 +60,7 @@ async def adb(settings: Settings) -> AsyncIterator[psycopg.AsyncConnection]:
 
 @pytest.fixture(scope="session")
 async def tenant(settings: Settings, topics):  # type: ignore[no-untyped-def]
-    from tests.pipeline import make_tenant
+    from shared.devstack.pipeline import make_tenant
 
     return await make_tenant(settings)
 
@@ -73,7 +73,7 @@ def service_logs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 @pytest.fixture(scope="session")
 def ingest(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
     """``python -m ingest_api`` as a real process on a free port."""
-    from tests.pipeline import start_ingest
+    from shared.devstack.pipeline import start_ingest
 
     service = start_ingest(settings, service_logs)
     yield service
@@ -83,7 +83,7 @@ def ingest(settings: Settings, topics, service_logs):  # type: ignore[no-untyped
 @pytest.fixture(scope="session")
 async def raw_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
     """Every record of traces.raw of this session, read from the beginning."""
-    from tests.pipeline import TopicTap
+    from shared.devstack.pipeline import TopicTap
 
     async with TopicTap(settings, topics.raw) as tap:
         yield tap
@@ -92,7 +92,7 @@ async def raw_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def router(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
     """``python -m router_worker`` as a real process (consumer group of this session's topics)."""
-    from tests.pipeline import start_worker
+    from shared.devstack.pipeline import start_worker
 
     service = start_worker("router_worker", settings, service_logs)
     yield service
@@ -102,7 +102,7 @@ def router(settings: Settings, topics, service_logs):  # type: ignore[no-untyped
 @pytest.fixture(scope="session")
 async def routed_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
     """Every record of traces.routed of this session, read from the beginning."""
-    from tests.pipeline import TopicTap
+    from shared.devstack.pipeline import TopicTap
 
     async with TopicTap(settings, topics.routed) as tap:
         yield tap
@@ -111,7 +111,7 @@ async def routed_tap(settings: Settings, topics):  # type: ignore[no-untyped-def
 @pytest.fixture(scope="session")
 async def dlq_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
     """Every record of traces.dlq of this session, read from the beginning."""
-    from tests.pipeline import TopicTap
+    from shared.devstack.pipeline import TopicTap
 
     async with TopicTap(settings, topics.dlq) as tap:
         yield tap

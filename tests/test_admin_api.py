@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from ingest_api.app import create_app
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 
 KEY_RE = re.compile(r"^mibo_[0-9A-Za-z]{32,}$")
 ANY_KEY = re.compile(r"mibo_[0-9A-Za-z]{32,}")

@@ -8,8 +8,8 @@ import uuid
 import aiohttp
 import pytest
 
-from shared.envelope import decode_raw
-from tests.pipeline import Service, Tenant, TopicTap
+from shared.contracts.envelope import decode_raw
+from shared.devstack.pipeline import Service, Tenant, TopicTap
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from ingest_api.body import BodyInvalid, parse_body
-from shared.envelope import Hints
+from shared.contracts.envelope import Hints
 
 P1, P2 = uuid.uuid4(), uuid.uuid4()
 

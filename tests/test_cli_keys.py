@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 
-from shared import management
-from shared.settings import Settings
+from shared import registry
+from shared.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_RE = re.compile(r"^mibo_[0-9A-Za-z]{32,}$")
@@ -29,7 +29,7 @@ def cli(settings: Settings, *args: str, pepper: str | None = "settings") -> subp
     if pepper is not None:
         env["KEY_PEPPER"] = settings.key_pepper if pepper == "settings" else pepper
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", *args],
+        [sys.executable, "-m", "shared.ops.cli.main", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -133,8 +133,8 @@ async def test_the_readme_session(settings: Settings, adb: psycopg.AsyncConnecti
     revoked = ok(settings, "keys", "revoke", one["id"], "--project", name)
     assert "revoked" in revoked.stdout
     assert {k["name"] for k in ok_json(settings, "keys", "list", "-p", name)} == {"Production traces", "Both"}
-    assert await management.lookup(adb, settings.key_pepper, one["key"]) is None
-    assert await management.lookup(adb, settings.key_pepper, both["key"]) is not None
+    assert await registry.lookup(adb, settings.key_pepper, one["key"]) is None
+    assert await registry.lookup(adb, settings.key_pepper, both["key"]) is not None
 
     platforms = ok(settings, "platforms", "list", "--project", name).stdout
     assert workflow in platforms and "cf-1" in platforms and "Support bot" in platforms

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from shared.devstack.kafka_broker import kafka_version
-from shared.settings import SETTINGS
+from shared.runtime.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from shared.settings import Settings
-from tests.pipeline import Service, TopicTap, make_tenant, service_env
+from shared.devstack.pipeline import Service, TopicTap, make_tenant, service_env
+from shared.runtime.settings import Settings
 from tests.test_router import post
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def cli(settings: Settings, *args: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", "dlq", *args],
+        [sys.executable, "-m", "shared.ops.cli.main", "dlq", *args],
         env=service_env(settings),
         capture_output=True,
         text=True,

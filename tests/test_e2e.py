@@ -8,10 +8,10 @@ import uuid
 import msgspec
 import pytest
 
-from bench.harness import Sender, plan, reconcile, settle
-from shared.kafka import ensure_topics
-from shared.settings import Settings
-from tests.pipeline import TopicTap, make_tenant, start_ingest, start_worker
+from shared.devstack.pipeline import TopicTap, make_tenant, start_ingest, start_worker
+from shared.devstack.reconcile import Sender, plan, reconcile, settle
+from shared.runtime.kafka import ensure_topics
+from shared.runtime.settings import Settings
 
 pytestmark = pytest.mark.integration
 

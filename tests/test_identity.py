@@ -18,11 +18,12 @@ import psycopg
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from shared import management, otlp
-from shared.settings import Settings, libpq_url
-from shared.topics import Topics
+from shared import registry
+from shared.contracts import otlp
+from shared.contracts.topics import Topics
+from shared.devstack.pipeline import Service, start_worker
+from shared.runtime.settings import Settings, libpq_url
 from tests.otlp_helpers import protobuf_request, record_spans
-from tests.pipeline import Service, start_worker
 from tests.storage_helpers import eventually
 
 
@@ -41,11 +42,11 @@ async def two(settings: Settings, topics: Topics) -> TwoPlatforms:
     async with await psycopg.AsyncConnection.connect(
         libpq_url(settings.database_url), autocommit=True
     ) as conn:
-        project = await management.create_project(conn, f"identity-{suffix}")
-        flow = await management.create_platform(conn, project.id, "flow-a", "flowise")
-        n8n = await management.create_platform(conn, project.id, "n8n-a", "n8n")
-        a = await management.create_key(conn, settings.key_pepper, project.id, "A", [flow.id])
-        b = await management.create_key(conn, settings.key_pepper, project.id, "B", [n8n.id])
+        project = await registry.create_project(conn, f"identity-{suffix}")
+        flow = await registry.create_platform(conn, project.id, "flow-a", "flowise")
+        n8n = await registry.create_platform(conn, project.id, "n8n-a", "n8n")
+        a = await registry.create_key(conn, settings.key_pepper, project.id, "A", [flow.id])
+        b = await registry.create_key(conn, settings.key_pepper, project.id, "B", [n8n.id])
     return TwoPlatforms(project.id, flow.id, n8n.id, a.key, b.key)
 
 

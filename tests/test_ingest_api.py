@@ -14,10 +14,10 @@ import msgspec
 import psycopg
 import pytest
 
-from shared import management
-from shared.envelope import decode_raw
-from shared.settings import Settings, libpq_url
-from tests.pipeline import Service, Tenant, TopicTap
+from shared import registry
+from shared.contracts.envelope import decode_raw
+from shared.devstack.pipeline import Service, Tenant, TopicTap
+from shared.runtime.settings import Settings, libpq_url
 
 SEED_BODY = '{ "data": { "input": "...", "output": "..." } }'
 
@@ -238,7 +238,7 @@ async def test_too_large_bodies_do_not_grow_memory(ingest: Service, tenant: Tena
 
 
 async def test_revoked_key_is_refused_within_a_second(ingest: Service, settings: Settings) -> None:
-    from tests.pipeline import make_tenant
+    from shared.devstack.pipeline import make_tenant
 
     tenant = await make_tenant(settings)
     key = tenant.keys["all"]
@@ -247,7 +247,7 @@ async def test_revoked_key_is_refused_within_a_second(ingest: Service, settings:
     async with await psycopg.AsyncConnection.connect(
         libpq_url(settings.database_url), autocommit=True
     ) as conn:
-        await management.revoke_key(conn, tenant.key_ids["all"])
+        await registry.revoke_key(conn, tenant.key_ids["all"])
     revoked_at = asyncio.get_running_loop().time()
     while True:
         status, _, _ = await post(ingest, SEED_BODY, key)
@@ -259,7 +259,7 @@ async def test_revoked_key_is_refused_within_a_second(ingest: Service, settings:
 
 
 async def test_new_key_works_at_once(ingest: Service, settings: Settings) -> None:
-    from tests.pipeline import make_tenant
+    from shared.devstack.pipeline import make_tenant
 
     tenant = await make_tenant(settings)
     status, answer, _ = await post(ingest, SEED_BODY, tenant.keys["two"])
@@ -320,7 +320,7 @@ async def test_health_ready_metrics_openapi(ingest: Service) -> None:
 
 def test_envelope_is_msgspec_json(tenant: Tenant) -> None:
     # A consumer in any language reads the envelope as plain JSON.
-    from shared.envelope import Hints, RawEnvelope, encode
+    from shared.contracts.envelope import Hints, RawEnvelope, encode
 
     env = RawEnvelope(
         trace_id=uuid.uuid4(),

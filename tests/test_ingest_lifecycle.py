@@ -9,8 +9,8 @@ import uuid
 
 import aiohttp
 
-from shared.settings import Settings
-from tests.pipeline import Tenant, TopicTap, start_ingest
+from shared.devstack.pipeline import Tenant, TopicTap, start_ingest
+from shared.runtime.settings import Settings
 
 BODY = b'{"data": {"input": "...", "output": "..."}}'
 

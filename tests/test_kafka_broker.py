@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from shared.kafka import make_consumer, make_producer
-from shared.settings import Settings
-from shared.topics import Topics
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import make_consumer, make_producer
+from shared.runtime.settings import Settings
 
 
 async def test_idempotent_produce_then_consume_in_key_order(settings: Settings, topics: Topics) -> None:

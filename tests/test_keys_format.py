@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.keys import KEY_RE, generate_key, hash_key, is_well_formed, last4, masked
+from shared.contracts.keys import KEY_RE, generate_key, hash_key, is_well_formed, last4, masked
 
 
 def test_generated_keys_match_the_format_and_never_collide() -> None:

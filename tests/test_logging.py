@@ -8,7 +8,7 @@ import logging
 
 import structlog
 
-from shared.logging import configure_logging, redact_keys
+from shared.runtime.logging import configure_logging, redact_keys
 
 KEY = "mibo_" + "Ab3" * 12
 
@@ -34,7 +34,7 @@ def test_stdlib_records_are_redacted_too() -> None:
     configure_logging("json", "info")
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    from shared.logging import RedactingFilter
+    from shared.runtime.logging import RedactingFilter
 
     handler.addFilter(RedactingFilter())
     logger = logging.getLogger("aiohttp.test")

@@ -1,4 +1,4 @@
-"""shared.management against the real PostgreSQL: projects, platforms, API keys, the key lookup
+"""shared.registry against the real PostgreSQL: projects, platforms, API keys, the key lookup
 of the ingest hot path and the registry NOTIFY (SPEC §2, issue 3's acceptance list)."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import msgspec
 import psycopg
 import pytest
 
-from shared import management as m
-from shared.keys import hash_key
-from shared.settings import Settings, libpq_url
+from shared import registry as m
+from shared.contracts.keys import hash_key
+from shared.registry.change_feed import REGISTRY_CHANNEL
+from shared.runtime.settings import Settings, libpq_url
 
 KEY_RE = re.compile(r"^mibo_[0-9A-Za-z]{32,}$")
 AConn = psycopg.AsyncConnection[Any]
@@ -33,7 +34,7 @@ def registry_events(listener: psycopg.Connection, timeout: float, *about: uuid.U
     (as row or project id), so that other tests' changes never disturb the assertions."""
     wanted = {str(i) for i in about}
     events = [
-        json.loads(n.payload) for n in listener.notifies(timeout=timeout) if n.channel == m.REGISTRY_CHANNEL
+        json.loads(n.payload) for n in listener.notifies(timeout=timeout) if n.channel == REGISTRY_CHANNEL
     ]
     return [e for e in events if e["id"] in wanted or e["project_id"] in wanted]
 
@@ -41,7 +42,7 @@ def registry_events(listener: psycopg.Connection, timeout: float, *about: uuid.U
 @pytest.fixture
 def listener(settings: Settings):  # type: ignore[no-untyped-def]
     with psycopg.connect(libpq_url(settings.database_url), autocommit=True) as conn:
-        conn.execute(f"LISTEN {m.REGISTRY_CHANNEL}")
+        conn.execute(f"LISTEN {REGISTRY_CHANNEL}")
         yield conn
 
 

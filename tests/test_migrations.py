@@ -12,7 +12,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from shared.db import migrate
-from shared.settings import Settings, libpq_url
+from shared.runtime.settings import Settings, libpq_url
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ingest_api.body import parse_body
-from ingest_api.otlp import OtlpInvalid, SpanInvalid, decode_json, decode_protobuf, routing_of
-from ingest_api.otlp_http import Outcome, admit, error_message, export_response
-from shared import otlp
-from shared.envelope import Hints, decode_raw
-from shared.management import KeyInfo
+from ingest_api.endpoints.otlp import Outcome, admit, error_message, export_response
+from ingest_api.otlp_decode import OtlpInvalid, SpanInvalid, decode_json, decode_protobuf, routing_of
+from shared.contracts import otlp
+from shared.contracts.envelope import Hints, decode_raw
+from shared.registry import KeyInfo
 from tests.otlp_helpers import hex_span_id, hex_trace_id, json_request, protobuf_request, record_spans
 
 PLATFORM = uuid.UUID("0190a1b2-0000-7000-8000-000000000001")
@@ -264,7 +264,7 @@ def test_admit_rejects_out_of_scope_platforms_invalid_platform_ids_and_huge_part
 
 
 def test_partial_success_answer_in_both_encodings() -> None:
-    from ingest_api.otlp import Rejected
+    from ingest_api.otlp_decode import Rejected
 
     outcome = Outcome(
         [], [Rejected(2, "platform X is not allowed", "platform_not_allowed"), Rejected(1, "bad id")]

@@ -38,11 +38,12 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared import management, otlp
-from shared.settings import Settings, libpq_url
-from shared.topics import Topics
+from shared import registry
+from shared.contracts import otlp
+from shared.contracts.topics import Topics
+from shared.devstack.pipeline import Service, free_port, metric_value, start_ingest, start_worker
+from shared.runtime.settings import Settings, libpq_url
 from tests.otlp_helpers import hex_span_id, hex_trace_id, json_request, protobuf_request, record_spans
-from tests.pipeline import Service, free_port, metric_value, start_ingest, start_worker
 from tests.storage_helpers import eventually
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -67,15 +68,15 @@ async def shop(settings: Settings, topics: Topics) -> Shop:
     async with await psycopg.AsyncConnection.connect(
         libpq_url(settings.database_url), autocommit=True
     ) as conn:
-        project = await management.create_project(conn, f"otel-{suffix}")
-        checkout = await management.create_platform(
+        project = await registry.create_project(conn, f"otel-{suffix}")
+        checkout = await registry.create_platform(
             conn, project.id, "checkout", "http_api", otlp_service_name=f"checkout-{suffix}"
         )
-        billing = await management.create_platform(
+        billing = await registry.create_platform(
             conn, project.id, "billing", "custom", otlp_service_name=f"billing-{suffix}"
         )
-        everything = await management.create_key(conn, settings.key_pepper, project.id, "all")
-        only_checkout = await management.create_key(
+        everything = await registry.create_key(conn, settings.key_pepper, project.id, "all")
+        only_checkout = await registry.create_key(
             conn, settings.key_pepper, project.id, "checkout only", [checkout.id]
         )
     return Shop(

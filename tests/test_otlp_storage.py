@@ -12,16 +12,16 @@ import msgspec
 import psycopg
 import pytest
 
-from shared import otlp
-from shared.envelope import encode
-from shared.settings import Settings, libpq_url
+from shared.contracts import otlp
+from shared.contracts.envelope import encode
+from shared.devstack.pipeline import Tenant
+from shared.runtime.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.merge import classify, fold, merge_spans
 from storage_worker.rows import Invalid, Pending, SpanVersion, decode_record, stored_id
 from storage_worker.upsert import collapse
 from storage_worker.write import WriteResult, create_stage, write_rows
 from tests.otlp_helpers import canonical_span, otlp_envelope
-from tests.pipeline import Tenant
 from tests.storage_helpers import consumer_record
 
 T0 = dt.datetime(2026, 4, 1, 9, 0, tzinfo=dt.UTC)

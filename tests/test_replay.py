@@ -12,10 +12,10 @@ import uuid
 import psycopg
 import pytest
 
-from shared import management
-from shared.dlq import read_headers
-from shared.settings import Settings, libpq_url
-from tests.pipeline import Service, TopicTap, make_tenant, service_env, start_worker
+from shared import registry
+from shared.contracts.dlq import read_headers
+from shared.devstack.pipeline import Service, TopicTap, make_tenant, service_env, start_worker
+from shared.runtime.settings import Settings, libpq_url
 from tests.test_router import post
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ def storage(settings: Settings, topics, service_logs):  # type: ignore[no-untype
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "shared.cli.main", *args],
+        [sys.executable, "-m", "shared.ops.cli.main", *args],
         env=service_env(settings),
         capture_output=True,
         text=True,
@@ -80,7 +80,7 @@ async def test_ambiguous_trace_fixed_replayed_and_stored_once(
     async with await psycopg.AsyncConnection.connect(
         libpq_url(settings.database_url), autocommit=True
     ) as conn:
-        await management.update_platform(conn, tenant.project_id, tenant.n8n, workflow_id=workflow)
+        await registry.update_platform(conn, tenant.project_id, tenant.n8n, workflow_id=workflow)
     after = cli(settings, "dlq", "replay", "--dry-run", "--key-id", key_id)
     assert "route to n8n prod (hint)" in after.stdout
     assert await rows_of(settings, trace) == []  # a dry run changes nothing
@@ -146,7 +146,7 @@ async def test_replay_raw_time_range_after_a_routing_fix(
     async with await psycopg.AsyncConnection.connect(
         libpq_url(settings.database_url), autocommit=True
     ) as conn:
-        await management.update_platform(conn, tenant.project_id, tenant.n8n, workflow_id=workflow)
+        await registry.update_platform(conn, tenant.project_id, tenant.n8n, workflow_id=workflow)
 
     checkpoint = tmp_path / "redrive.json"
     first = cli(
@@ -178,7 +178,7 @@ async def test_replay_file_backfills_and_reruns_add_nothing(
     command = [
         sys.executable,
         "-m",
-        "shared.cli.main",
+        "shared.ops.cli.main",
         "replay",
         "file",
         str(archive),

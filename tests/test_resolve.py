@@ -10,8 +10,8 @@ import pytest
 
 from router_worker.platforms import PlatformInfo, Snapshot
 from router_worker.resolve import Routed, resolve
-from shared.dlq import DeadLetter
-from shared.envelope import Hints, RawEnvelope
+from shared.contracts.dlq import DeadLetter
+from shared.contracts.envelope import Hints, RawEnvelope
 
 PROJECT, OTHER = uuid.uuid4(), uuid.uuid4()
 N8N = PlatformInfo(uuid.uuid4(), PROJECT, "n8n prod", "n8n", workflow_id="wf-1")

@@ -13,13 +13,13 @@ import psycopg
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from shared import management
-from shared.dlq import read_headers
-from shared.envelope import decode_routed
-from shared.kafka import make_producer
-from shared.settings import Settings, libpq_url
-from shared.topics import Topics
-from tests.pipeline import Service, Tenant, TopicTap, make_tenant, metric_value, start_worker
+from shared import registry
+from shared.contracts.dlq import read_headers
+from shared.contracts.envelope import decode_routed
+from shared.contracts.topics import Topics
+from shared.devstack.pipeline import Service, Tenant, TopicTap, make_tenant, metric_value, start_worker
+from shared.runtime.kafka import make_producer
+from shared.runtime.settings import Settings, libpq_url
 
 pytestmark = pytest.mark.integration
 
@@ -112,10 +112,10 @@ async def test_hint_outside_scope_is_not_allowed(
     async with await psycopg.AsyncConnection.connect(
         libpq_url(settings.database_url), autocommit=True
     ) as conn:
-        http_only = await management.create_key(
+        http_only = await registry.create_key(
             conn, settings.key_pepper, tenant.project_id, "http", [tenant.http]
         )
-        no_n8n = await management.create_key(
+        no_n8n = await registry.create_key(
             conn, settings.key_pepper, tenant.project_id, "http+flowise", [tenant.http, tenant.flowise]
         )
     trace = await post(ingest, no_n8n.key, {"data": 1, "metadata": {"workflowId": tenant.workflow_id}})
@@ -142,7 +142,7 @@ async def test_platform_created_just_before_the_trace_counts(
     async with await psycopg.AsyncConnection.connect(
         libpq_url(settings.database_url), autocommit=True
     ) as conn:
-        fresh = await management.create_platform(
+        fresh = await registry.create_platform(
             conn, tenant.project_id, "fresh", "n8n", workflow_id="wf-fresh"
         )
     trace = await post(ingest, tenant.keys["all"], {"data": 1, "metadata": {"workflowId": "wf-fresh"}})

@@ -7,12 +7,12 @@ import datetime as dt
 
 import msgspec
 
-from shared.envelope import Hints, RawEnvelope, encode, message_key
-from shared.ids import uuid7
-from shared.kafka import make_producer
-from shared.settings import Settings
-from shared.topics import Topics
-from tests.pipeline import Tenant
+from shared.contracts.envelope import Hints, RawEnvelope, encode, message_key
+from shared.contracts.ids import uuid7
+from shared.contracts.topics import Topics
+from shared.devstack.pipeline import Tenant
+from shared.runtime.kafka import make_producer
+from shared.runtime.settings import Settings
 
 
 def raw_envelopes(

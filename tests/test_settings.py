@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import DEV_PEPPER, SETTINGS, Settings, sqlalchemy_url
+from shared.runtime.settings import DEV_PEPPER, SETTINGS, Settings, sqlalchemy_url
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

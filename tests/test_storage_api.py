@@ -17,10 +17,10 @@ import msgspec
 import psycopg
 import pytest
 
-from shared import management
-from shared.settings import Settings
-from shared.topics import Topics
-from tests.pipeline import Service, Tenant, make_tenant, start_worker
+from shared import registry
+from shared.contracts.topics import Topics
+from shared.devstack.pipeline import Service, Tenant, make_tenant, start_worker
+from shared.runtime.settings import Settings
 from tests.storage_helpers import SEED_BODY, eventually, produce, routed_envelope
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +141,7 @@ async def test_seed_curl_through_the_whole_pipeline(
     router = start_worker("router_worker", settings, service_logs)
     try:
         # A key restricted to one platform (the seed: "Mibo automatically routes traces to that platform").
-        key = await management.create_key(
+        key = await registry.create_key(
             adb, settings.key_pepper, tenant.project_id, f"e2e-{uuid.uuid4().hex[:6]}", [tenant.n8n]
         )
         out = await asyncio.to_thread(

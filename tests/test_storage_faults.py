@@ -14,10 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.envelope import RoutedEnvelope
-from shared.settings import Settings, libpq_url
-from shared.topics import Topics
-from tests.pipeline import Tenant, metric_value, start_worker
+from shared.contracts.envelope import RoutedEnvelope
+from shared.contracts.topics import Topics
+from shared.devstack.pipeline import Tenant, metric_value, start_worker
+from shared.runtime.settings import Settings, libpq_url
 from tests.services import Services
 from tests.storage_helpers import body, count_stored, eventually, routed_envelope, stream
 

@@ -1,6 +1,6 @@
 """What the storage worker refuses to store, against the real PostgreSQL: a trace whose platform
 was deleted after the router chose it (dead-lettered ``platform_unresolved``), and a trace the
-ingest API answered 503 and cancelled (``shared.cancellations``) — including the race where the
+ingest API answered 503 and cancelled (``shared.db.cancellations``) — including the race where the
 cancellation and the write meet. Also migration 0005 on rows stored before it."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from shared import cancellations, management
-from shared.db import migrate
-from shared.envelope import encode
-from shared.settings import Settings, libpq_url
+from shared import registry
+from shared.contracts.envelope import encode
+from shared.db import cancellations, migrate
+from shared.devstack.pipeline import Tenant
+from shared.runtime.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.rows import Pending, decode_record
 from storage_worker.write import create_stage, write_rows
-from tests.pipeline import Tenant
 from tests.storage_helpers import consumer_record, routed_envelope
 from tests.test_migrations import scratch_db  # noqa: F401  (fixture)
 
@@ -46,12 +46,12 @@ async def count(adb: psycopg.AsyncConnection, ids: list[uuid.UUID]) -> int:
 async def test_a_trace_routed_to_a_deleted_platform_is_not_stored(
     traces_db: Database, tenant: Tenant, adb: psycopg.AsyncConnection
 ) -> None:
-    doomed = await management.create_platform(
+    doomed = await registry.create_platform(
         adb, tenant.project_id, f"doomed-{uuid.uuid4().hex[:6]}", "custom"
     )
     late = item(tenant, platform=doomed.id, external_id=f"x-{uuid.uuid4()}")
     fine = item(tenant)
-    await management.delete_platform(adb, tenant.project_id, doomed.id)
+    await registry.delete_platform(adb, tenant.project_id, doomed.id)
     result = await write_rows(await traces_db.connection(), [late, fine])
     assert [o.row.id for o in result.orphaned] == [late.row.id]
     assert result.outcomes == {fine.row.id: "stored"}
@@ -66,7 +66,7 @@ async def test_a_platform_being_deleted_while_its_trace_is_written(
     """The race: the platform's delete is in flight when the batch is written. The write's
     ``FOR KEY SHARE`` waits for the delete, then finds the platform gone: dead-lettered, not
     stored on a platform that no longer exists."""
-    platform = await management.create_platform(adb, tenant.project_id, f"p-{uuid.uuid4().hex[:6]}", "custom")
+    platform = await registry.create_platform(adb, tenant.project_id, f"p-{uuid.uuid4().hex[:6]}", "custom")
     trace = item(tenant, platform=platform.id)
     async with await psycopg.AsyncConnection.connect(libpq_url(settings.database_url)) as deleter:
         await deleter.execute("DELETE FROM platforms WHERE id = %s", (platform.id,))  # not committed yet

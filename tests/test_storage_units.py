@@ -9,13 +9,13 @@ import uuid
 import msgspec
 import pytest
 
-from shared import dlq
-from shared.envelope import encode
+from shared.contracts import dlq
+from shared.contracts.envelope import encode
+from shared.devstack.pipeline import Tenant
 from storage_worker.dead_letters import letter, rejected
 from storage_worker.last_used import LastUsedTracker
 from storage_worker.rows import Invalid, Pending, decode_record, decode_records
 from storage_worker.upsert import StoredVersion, classify_conflicts, collapse, identity
-from tests.pipeline import Tenant
 from tests.storage_helpers import body, consumer_record, routed_envelope
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)

@@ -14,11 +14,12 @@ import msgspec
 import psycopg
 import pytest
 
-from shared import dlq, management
-from shared.envelope import encode
-from shared.settings import Settings
-from shared.topics import Topics
-from tests.pipeline import Service, Tenant, TopicTap, metric_value, start_worker
+from shared import registry
+from shared.contracts import dlq
+from shared.contracts.envelope import encode
+from shared.contracts.topics import Topics
+from shared.devstack.pipeline import Service, Tenant, TopicTap, metric_value, start_worker
+from shared.runtime.settings import Settings
 from tests.storage_helpers import body, eventually, key_of, produce, routed_envelope
 
 FLUSH_SECONDS = 0.5
@@ -156,7 +157,7 @@ async def _equals(value, expected: int) -> bool:  # type: ignore[no-untyped-def]
 async def test_last_used_at_moves_forward_within_seconds_and_never_backwards(
     storage: Service, settings: Settings, topics: Topics, tenant: Tenant, adb: psycopg.AsyncConnection
 ) -> None:
-    created = await management.create_key(adb, settings.key_pepper, tenant.project_id, f"lu-{uuid.uuid4()}")
+    created = await registry.create_key(adb, settings.key_pepper, tenant.project_id, f"lu-{uuid.uuid4()}")
     tenant.key_ids[created.name] = created.id
 
     async def last_used() -> dt.datetime | None:
@@ -180,7 +181,7 @@ async def test_last_used_at_moves_forward_within_seconds_and_never_backwards(
     await eventually(lambda: _is(last_used(), later.received_at), timeout=10, what="last_used_at to move on")
 
     # A key revoked while its traces are in flight is simply skipped; the worker carries on.
-    await management.revoke_key(adb, created.id, project_id=tenant.project_id)
+    await registry.revoke_key(adb, created.id, project_id=tenant.project_id)
     gone = routed_envelope(tenant, key=created.name)
     await produce(settings, topics.routed, [gone])
     await eventually(lambda: _equals(stored(adb, [gone.trace_id]), 1), what="the revoked key's trace stored")
@@ -228,11 +229,11 @@ async def test_a_trace_of_a_deleted_project_is_dead_lettered_not_blocking(
     adb: psycopg.AsyncConnection,
     dlq_tap: TopicTap,
 ) -> None:
-    gone = await management.create_project(adb, f"gone-{uuid.uuid4().hex[:8]}")
+    gone = await registry.create_project(adb, f"gone-{uuid.uuid4().hex[:8]}")
     orphan_tenant = Tenant(
         gone.id, tenant.n8n, tenant.flowise, tenant.http, "wf", "cf", key_ids=tenant.key_ids
     )
-    await management.delete_project(adb, gone.id)
+    await registry.delete_project(adb, gone.id)
     orphan = routed_envelope(orphan_tenant)
     fine = routed_envelope(tenant)
     await produce(settings, topics.routed, [orphan, fine])
@@ -253,7 +254,7 @@ async def test_an_undecodable_record_is_dead_lettered_and_the_partition_moves_on
     adb: psycopg.AsyncConnection,
     dlq_tap: TopicTap,
 ) -> None:
-    from shared.kafka import make_producer
+    from shared.runtime.kafka import make_producer
 
     junk_key = f"{tenant.project_id}:junk-{uuid.uuid4()}".encode()
     after = routed_envelope(

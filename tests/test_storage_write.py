@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from shared import management
-from shared.envelope import encode
-from shared.settings import Settings, libpq_url
+from shared import registry
+from shared.contracts.envelope import encode
+from shared.devstack.pipeline import Tenant
+from shared.runtime.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.last_used import LastUsedTracker, flush, write_marks
 from storage_worker.rows import Pending, decode_record
 from storage_worker.write import WriteResult, create_stage, orphan_detail, write_rows
-from tests.pipeline import Tenant
 from tests.storage_helpers import body, consumer_record, routed_envelope
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -78,8 +78,8 @@ async def test_outcomes_of_the_upsert(
 async def test_poison_rows_are_isolated_and_the_rest_stored(
     traces_db: Database, settings: Settings, tenant: Tenant, adb: psycopg.AsyncConnection
 ) -> None:
-    gone = await management.create_project(adb, f"gone-{uuid.uuid4().hex[:8]}")
-    await management.delete_project(adb, gone.id)
+    gone = await registry.create_project(adb, f"gone-{uuid.uuid4().hex[:8]}")
+    await registry.delete_project(adb, gone.id)
     orphan_tenant = Tenant(
         gone.id, tenant.n8n, tenant.flowise, tenant.http, "wf", "cf", key_ids=tenant.key_ids
     )
@@ -123,9 +123,9 @@ async def test_a_killed_connection_is_reopened(
 async def test_last_used_update_is_coalesced_monotonic_and_skips_deleted_keys(
     settings: Settings, tenant: Tenant, adb: psycopg.AsyncConnection
 ) -> None:
-    kept = await management.create_key(adb, settings.key_pepper, tenant.project_id, f"lu-{uuid.uuid4()}")
-    revoked = await management.create_key(adb, settings.key_pepper, tenant.project_id, f"lu-{uuid.uuid4()}")
-    await management.revoke_key(adb, revoked.id)
+    kept = await registry.create_key(adb, settings.key_pepper, tenant.project_id, f"lu-{uuid.uuid4()}")
+    revoked = await registry.create_key(adb, settings.key_pepper, tenant.project_id, f"lu-{uuid.uuid4()}")
+    await registry.revoke_key(adb, revoked.id)
 
     async def last_used() -> dt.datetime | None:
         cur = await adb.execute("SELECT last_used_at FROM api_keys WHERE id = %s", (kept.id,))

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from shared.devstack import processes
-from shared.settings import Settings
-from tests.pipeline import Tenant, TopicTap, start_ingest
+from shared.devstack.pipeline import Tenant, TopicTap, start_ingest
+from shared.runtime.settings import Settings
 from tests.services import Services
 
 BODY = b'{"data": {"input": "...", "output": "..."}}'
