@@ -31,7 +31,7 @@ from shared.devstack.pipeline import Tenant
 from shared.runtime.kafka import ensure_topics, make_consumer, make_producer
 from shared.runtime.settings import Settings, libpq_url
 from shared.runtime.worker import Batch, run_batches
-from tests.test_router_helpers import produce_raw, raw_envelopes
+from tests.router_helpers import produce_raw, raw_envelopes
 
 ROOT = Path(__file__).resolve().parent.parent
 

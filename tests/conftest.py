@@ -6,12 +6,30 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from shared.runtime.settings import Settings, libpq_url
 from tests.services import Services, provide
+
+HERE = Path(__file__).resolve().parent
+SERVICE_FIXTURES = {"services", "settings", "db", "adb"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``tests/integration`` and ``tests/faults`` need the real broker and database: marked
+    ``integration`` (``pytest -m "not integration"`` runs the pure tests alone, in seconds).
+    ``tests/unit`` must stay pure: a unit test that reaches for a service fixture is an error."""
+    for item in items:
+        kind = Path(str(item.path)).relative_to(HERE).parts[0]
+        if kind in ("integration", "faults"):
+            item.add_marker(pytest.mark.integration)
+        elif kind == "unit":
+            used = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+            if used:
+                raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {sorted(used)}")
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +115,18 @@ def router(settings: Settings, topics, service_logs):  # type: ignore[no-untyped
     service = start_worker("router_worker", settings, service_logs)
     yield service
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def storage(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
+    """``python -m storage_worker`` as a real process, flushing last-used times every 0.5 s."""
+    from shared.devstack.pipeline import start_worker
+
+    service = start_worker(
+        "storage_worker", settings, service_logs, LAST_USED_FLUSH_SECONDS="0.5", LOG_LEVEL="debug"
+    )
+    yield service
+    assert service.stop() == 0, service.log.read_text()[-3000:]  # SIGTERM: drained, clean exit
 
 
 @pytest.fixture(scope="session")

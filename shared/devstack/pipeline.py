@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import registry
 from shared.runtime.settings import Settings, libpq_url
@@ -165,17 +166,12 @@ def metric_value(service: Service, name: str, **labels: str) -> float:
     """Sum of a Prometheus metric's samples whose labels include ``labels``."""
     with urllib.request.urlopen(service.url + "/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, label_text = head.partition("{")
-        if metric != name:
-            continue
-        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
-            total += float(value)
-    return total
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 class TopicTap:

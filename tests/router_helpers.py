@@ -1,16 +1,19 @@
-"""Producing raw envelopes straight to traces.raw, for volume tests of the workers."""
+"""Producing raw envelopes straight to traces.raw, for volume tests of the workers, and posting a
+trace through the API."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 
+import aiohttp
 import msgspec
 
 from shared.contracts.envelope import Hints, RawEnvelope, encode, message_key
 from shared.contracts.ids import uuid7
 from shared.contracts.topics import Topics
-from shared.devstack.pipeline import Tenant
+from shared.devstack.pipeline import Service, Tenant
 from shared.runtime.kafka import make_producer
 from shared.runtime.settings import Settings
 
@@ -54,3 +57,15 @@ async def produce_raw(settings: Settings, topics: Topics, envelopes: list[RawEnv
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+
+
+async def post(ingest: Service, key: str, body: dict) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            ingest.url + "/public/traces",
+            data=json.dumps(body),
+            headers={"x-api-key": key, "Content-Type": "application/json"},
+        ) as resp:
+            answer = await resp.json()
+            assert resp.status == 202, answer
+            return answer["data"]["id"]

@@ -17,7 +17,7 @@ import psycopg
 from shared import registry
 from shared.runtime.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KEY_RE = re.compile(r"^mibo_[0-9A-Za-z]{32,}$")
 ANY_KEY = re.compile(r"mibo_[0-9A-Za-z]{32,}")
 

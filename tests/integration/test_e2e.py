@@ -6,14 +6,11 @@ from __future__ import annotations
 import uuid
 
 import msgspec
-import pytest
 
 from shared.devstack.pipeline import TopicTap, make_tenant, start_ingest, start_worker
 from shared.devstack.reconcile import Sender, plan, reconcile, settle
 from shared.runtime.kafka import ensure_topics
 from shared.runtime.settings import Settings
-
-pytestmark = pytest.mark.integration
 
 
 async def test_mixed_traffic_reconciles_exactly(settings: Settings, service_logs) -> None:  # type: ignore[no-untyped-def]

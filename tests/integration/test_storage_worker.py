@@ -7,35 +7,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 import psycopg
-import pytest
 
 from shared import registry
 from shared.contracts import dlq
 from shared.contracts.envelope import encode
 from shared.contracts.topics import Topics
-from shared.devstack.pipeline import Service, Tenant, TopicTap, metric_value, start_worker
+from shared.devstack.pipeline import Service, Tenant, TopicTap, metric_value
 from shared.runtime.settings import Settings
 from tests.storage_helpers import body, eventually, key_of, produce, routed_envelope
 
 FLUSH_SECONDS = 0.5
-
-
-@pytest.fixture(scope="module")
-def storage(settings: Settings, topics: Topics, service_logs: Path) -> Iterator[Service]:
-    service = start_worker(
-        "storage_worker",
-        settings,
-        service_logs,
-        LAST_USED_FLUSH_SECONDS=str(FLUSH_SECONDS),
-        LOG_LEVEL="debug",
-    )
-    yield service
-    assert service.stop() == 0, service.log.read_text()[-3000:]  # SIGTERM: drained, clean exit
 
 
 async def stored(adb: psycopg.AsyncConnection, ids: list[uuid.UUID]) -> int:

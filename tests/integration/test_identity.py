@@ -8,9 +8,7 @@ every ``202`` answered leads to the sender's own trace."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from shared import registry
 from shared.contracts import otlp
 from shared.contracts.topics import Topics
-from shared.devstack.pipeline import Service, start_worker
+from shared.devstack.pipeline import Service
 from shared.runtime.settings import Settings, libpq_url
 from tests.otlp_helpers import protobuf_request, record_spans
 from tests.storage_helpers import eventually
@@ -48,20 +46,6 @@ async def two(settings: Settings, topics: Topics) -> TwoPlatforms:
         a = await registry.create_key(conn, settings.key_pepper, project.id, "A", [flow.id])
         b = await registry.create_key(conn, settings.key_pepper, project.id, "B", [n8n.id])
     return TwoPlatforms(project.id, flow.id, n8n.id, a.key, b.key)
-
-
-@pytest.fixture(scope="module")
-def router(settings: Settings, topics: Topics, service_logs: Path) -> Iterator[Service]:
-    service = start_worker("router_worker", settings, service_logs)
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="module")
-def storage(settings: Settings, topics: Topics, service_logs: Path) -> Iterator[Service]:
-    service = start_worker("storage_worker", settings, service_logs)
-    yield service
-    service.stop()
 
 
 async def post(

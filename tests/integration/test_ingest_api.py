@@ -12,7 +12,6 @@ import uuid
 import aiohttp
 import msgspec
 import psycopg
-import pytest
 
 from shared import registry
 from shared.contracts.envelope import decode_raw
@@ -338,6 +337,3 @@ def test_envelope_is_msgspec_json(tenant: Tenant) -> None:
     as_json = json.loads(encode(env))
     assert as_json["v"] == 1 and as_json["body"] == {"data": 1}
     assert decode_raw(encode(env)) == env
-
-
-pytestmark = pytest.mark.integration

@@ -9,13 +9,11 @@ import asyncio
 import datetime as dt
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import msgspec
 import psycopg
-import pytest
 
 from shared import registry
 from shared.contracts.topics import Topics
@@ -23,14 +21,7 @@ from shared.devstack.pipeline import Service, Tenant, make_tenant, start_worker
 from shared.runtime.settings import Settings
 from tests.storage_helpers import SEED_BODY, eventually, produce, routed_envelope
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def storage(settings: Settings, topics: Topics, service_logs: Path) -> Iterator[Service]:
-    service = start_worker("storage_worker", settings, service_logs, LAST_USED_FLUSH_SECONDS="0.5")
-    yield service
-    assert service.stop() == 0
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def get_trace(ingest: Service, trace_id: str, key: str | None) -> tuple[int, dict]:

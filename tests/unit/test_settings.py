@@ -9,7 +9,7 @@ import pytest
 
 from shared.runtime.settings import DEV_PEPPER, SETTINGS, Settings, sqlalchemy_url
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_defaults_parse() -> None:

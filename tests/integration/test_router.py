@@ -4,13 +4,10 @@ in traces.routed with the right platform, or in traces.dlq with the right reason
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import uuid
 
-import aiohttp
 import psycopg
-import pytest
 from aiokafka.structs import ConsumerRecord
 
 from shared import registry
@@ -20,20 +17,7 @@ from shared.contracts.topics import Topics
 from shared.devstack.pipeline import Service, Tenant, TopicTap, make_tenant, metric_value, start_worker
 from shared.runtime.kafka import make_producer
 from shared.runtime.settings import Settings, libpq_url
-
-pytestmark = pytest.mark.integration
-
-
-async def post(ingest: Service, key: str, body: dict) -> str:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            ingest.url + "/public/traces",
-            data=json.dumps(body),
-            headers={"x-api-key": key, "Content-Type": "application/json"},
-        ) as resp:
-            answer = await resp.json()
-            assert resp.status == 202, answer
-            return answer["data"]["id"]
+from tests.router_helpers import post
 
 
 async def outcome(
@@ -193,7 +177,7 @@ async def test_kill_9_mid_stream_loses_nothing(
     settings: Settings, tenant: Tenant, topics: Topics, routed_tap: TopicTap, service_logs, router: Service
 ) -> None:  # type: ignore[no-untyped-def]
     """Routers share the group; one is killed -9 mid-stream, the others take over its partitions."""
-    from tests.test_router_helpers import keys_of, produce_raw, raw_envelopes
+    from tests.router_helpers import keys_of, produce_raw, raw_envelopes
 
     envelopes = raw_envelopes(tenant, 3000)
     keys = keys_of(envelopes)

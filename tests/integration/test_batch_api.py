@@ -6,12 +6,9 @@ import json
 import uuid
 
 import aiohttp
-import pytest
 
 from shared.contracts.envelope import decode_raw
 from shared.devstack.pipeline import Service, Tenant, TopicTap
-
-pytestmark = pytest.mark.integration
 
 
 async def post_batch(service: Service, key: str, body: bytes) -> tuple[int, dict]:

@@ -7,13 +7,9 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from shared.devstack.pipeline import Service, TopicTap, make_tenant, service_env
 from shared.runtime.settings import Settings
-from tests.test_router import post
-
-pytestmark = pytest.mark.integration
+from tests.router_helpers import post
 
 
 def cli(settings: Settings, *args: str) -> str:

@@ -12,7 +12,6 @@ import asyncio
 import gzip
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from shared import registry
 from shared.contracts import otlp
 from shared.contracts.topics import Topics
-from shared.devstack.pipeline import Service, free_port, metric_value, start_ingest, start_worker
+from shared.devstack.pipeline import Service, free_port, metric_value, start_ingest
 from shared.runtime.settings import Settings, libpq_url
 from tests.otlp_helpers import hex_span_id, hex_trace_id, json_request, protobuf_request, record_spans
 from tests.storage_helpers import eventually
@@ -89,13 +88,6 @@ async def shop(settings: Settings, topics: Topics) -> Shop:
         everything.id,
         only_checkout.key,
     )
-
-
-@pytest.fixture(scope="module")
-def storage(settings: Settings, topics: Topics, service_logs: Path) -> Iterator[Service]:
-    service = start_worker("storage_worker", settings, service_logs)
-    yield service
-    assert service.stop() == 0
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import yaml
 from shared.devstack.kafka_broker import kafka_version
 from shared.runtime.settings import SETTINGS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_compose_matches_services_and_settings() -> None:

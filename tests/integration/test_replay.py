@@ -10,22 +10,12 @@ import sys
 import uuid
 
 import psycopg
-import pytest
 
 from shared import registry
 from shared.contracts.dlq import read_headers
-from shared.devstack.pipeline import Service, TopicTap, make_tenant, service_env, start_worker
+from shared.devstack.pipeline import Service, TopicTap, make_tenant, service_env
 from shared.runtime.settings import Settings, libpq_url
-from tests.test_router import post
-
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def storage(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
-    service = start_worker("storage_worker", settings, service_logs)
-    yield service
-    service.stop()
+from tests.router_helpers import post
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -21,8 +21,8 @@ from shared.runtime.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.rows import Pending, decode_record
 from storage_worker.write import create_stage, write_rows
+from tests.integration.test_migrations import scratch_db  # noqa: F401  (fixture)
 from tests.storage_helpers import consumer_record, routed_envelope
-from tests.test_migrations import scratch_db  # noqa: F401  (fixture)
 
 
 @pytest.fixture
