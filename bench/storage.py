@@ -44,7 +44,8 @@ from shared.runtime.kafka import ensure_topics, make_producer
 from shared.runtime.settings import Settings, libpq_url
 from storage_worker.last_used import LastUsedTracker
 from storage_worker.rows import TraceRow, decode_records
-from storage_worker.write import COLUMNS, create_stage, write_rows
+from storage_worker.sql import COLUMNS
+from storage_worker.write import create_stage, write_rows
 from tests.storage_helpers import consumer_record
 
 ROOT = Path(__file__).resolve().parent.parent
