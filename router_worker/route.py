@@ -94,13 +94,15 @@ class Router:
             assert item.envelope is not None
             value = encode(routed(item.envelope, decision.platform_id, decision.resolved_by))
             return await self._producer.send(self._topics.routed, value, key=record.key)
-        headers = dlq.headers(
+        letter = dlq.letter(
             decision,
             stage="router",
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            attempt=max(1, dlq.attempt_of(record.headers)),
+            key=record.key,
+            value=record.value,
+            source_headers=record.headers,
         )
         log.info(
             "dead-lettered",
@@ -108,7 +110,9 @@ class Router:
             detail=decision.detail,
             source=f"{record.topic}/{record.partition}/{record.offset}",
         )
-        return await self._producer.send(self._topics.dlq, record.value, key=record.key, headers=headers)
+        return await self._producer.send(
+            self._topics.dlq, letter.value, key=letter.key, headers=letter.headers
+        )
 
     def _count(self, items: list[Item]) -> None:
         self._metrics.consumed.inc(len(items))

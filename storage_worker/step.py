@@ -16,6 +16,7 @@ from collections import Counter
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from shared.contracts import dlq
 from shared.runtime.worker import Batch
 from storage_worker import dead_letters
 from storage_worker.database import Database
@@ -115,7 +116,7 @@ class StoreStep:
         self._metrics.flush_latency.observe(time.perf_counter() - started)
         return result
 
-    def _count(self, size: int, outcomes: Counter[Outcome], letters: list[dead_letters.Letter]) -> None:
+    def _count(self, size: int, outcomes: Counter[Outcome], letters: list[dlq.Letter]) -> None:
         m = self._metrics
         m.batch_size.observe(size)
         m.stored.inc(outcomes["stored"])

@@ -67,6 +67,37 @@ def headers(
     return [(name, value.encode()) for name, value in out]
 
 
+class Letter(msgspec.Struct, frozen=True):
+    """A dead-letter record ready to produce: the original key and value, explained by headers."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    reason: Reason
+
+    @property
+    def detail(self) -> str:
+        return dict(self.headers)[DETAIL].decode()
+
+
+def letter(
+    dead: DeadLetter,
+    *,
+    stage: Stage,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    source_headers: Sequence[tuple[str, bytes]] | None = None,
+) -> Letter:
+    """The dead letter of one consumed record, by the router or the storage worker: its original
+    key and value, the ``dlq-*`` headers, and its attempt (kept across replays)."""
+    attempt = max(1, attempt_of(source_headers))
+    out = headers(dead, stage=stage, topic=topic, partition=partition, offset=offset, attempt=attempt)
+    return Letter(key, value, out, dead.reason)
+
+
 def read_headers(raw: Iterable[tuple[str, bytes]] | None) -> dict[str, str]:
     """Headers of a record as a dict of strings (undecodable bytes replaced)."""
     return {name: value.decode("utf-8", "replace") for name, value in (raw or ()) if value is not None}
