@@ -24,7 +24,7 @@ from router_worker.resolve import Routed, resolve
 from shared.contracts import dlq
 from shared.contracts.envelope import decode_raw
 from shared.contracts.topics import Topics
-from shared.ops.dlq_reader import DlqEntry, describe, read
+from shared.runtime.dlq_reader import DlqEntry, describe, read
 from shared.runtime.kafka import make_producer
 from shared.runtime.settings import Settings, libpq_url
 

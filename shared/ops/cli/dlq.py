@@ -19,7 +19,7 @@ import msgspec
 
 from shared.contracts.topics import Topics
 from shared.ops.cli.common import add_json_flag, table
-from shared.ops.dlq_reader import DlqEntry, describe, read
+from shared.runtime.dlq_reader import DlqEntry, describe, read
 from shared.runtime.settings import Settings
 
 AGE_BUCKETS = (
