@@ -19,6 +19,8 @@ from typing import Any
 import psycopg
 import structlog
 
+from shared.runtime.backoff import Backoff
+
 REGISTRY_CHANNEL = "mibo_registry"
 """PostgreSQL NOTIFY channel: every change to projects, platforms, keys or key scopes is announced here
 (the triggers of migration 0002)."""
@@ -64,13 +66,15 @@ class ChangeFeed:
             task.cancel()
         _, stuck = await asyncio.wait(self._tasks, timeout=10) if self._tasks else (set(), set())
         for task in stuck:
-            log.warning(f"{self._name} task did not stop in time; abandoning it", task=task.get_name())
+            log.warning(
+                "change feed task did not stop in time; abandoning it", feed=self._name, task=task.get_name()
+            )
 
     def request_reload(self) -> None:
         self._wanted.set()
 
     async def _reloader(self) -> None:
-        backoff = 0.5
+        backoff = Backoff()
         while not self._closing:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._refresh_interval):
@@ -80,11 +84,13 @@ class ChangeFeed:
                 return
             try:
                 await self._reload()
-                backoff = 0.5
+                backoff.reset()
             except Exception as exc:
-                log.warning(f"{self._name} reload failed; retrying", error=repr(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                delay = backoff.next_delay()
+                log.warning(
+                    "change feed reload failed; retrying", feed=self._name, error=repr(exc), retry_in=delay
+                )
+                await backoff.sleep(delay)
                 self._wanted.set()
 
     def _notified(self, payload: str) -> None:
@@ -97,27 +103,30 @@ class ChangeFeed:
         self._wanted.set()
 
     async def _listen(self) -> None:
-        backoff = 0.5
+        backoff = Backoff()
         while not self._closing:
             try:
                 async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {REGISTRY_CHANNEL}")
                     self.listening = True
-                    backoff = 0.5
+                    backoff.reset()
                     self._wanted.set()  # catch up on what changed while we were away
                     async for notify in conn.notifies():
                         self._notified(notify.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = backoff.next_delay()
                 log.warning(
-                    f"{self._name} listener lost its connection; reconnecting",
+                    "change feed listener lost its connection; reconnecting",
+                    feed=self._name,
                     error=repr(exc),
-                    retry_in=backoff,
+                    retry_in=delay,
                 )
+            else:
+                delay = backoff.next_delay()
             finally:
                 self.listening = False
             if self._closing:
                 return
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            await backoff.sleep(delay)
