@@ -40,12 +40,12 @@ logs:
 # Benchmarks print ratios against a bare baseline measured in the same run (see bench/).
 bench: install
 	$(BIN)/mibo-ingest dev up --no-services
-	$(BIN)/python bench/report.py
+	$(BIN)/python -m bench.report
 
 # Fault scenarios (kill -9 of each service, PostgreSQL and Kafka restarts), reconciled exactly.
 chaos: install
 	$(BIN)/mibo-ingest dev up --no-services
-	$(BIN)/python bench/chaos.py
+	$(BIN)/python -m bench.chaos
 
 lint: install
 	$(BIN)/ruff check .

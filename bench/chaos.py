@@ -1,6 +1,6 @@
 """Fault scenarios, each reconciled exactly (``make chaos``).
 
-    .venv/bin/python bench/chaos.py [--count 3000] [--only router,storage,ingest,postgres,kafka]
+    .venv/bin/python -m bench.chaos [--count 3000] [--only router,storage,ingest,postgres,kafka]
 
 Runs against the local stack of ``.devstack/`` (``make chaos`` brings it up without services).
 Every scenario gets its own topic prefix, tenant and service processes, sends ``--count`` traces
@@ -25,16 +25,15 @@ from pathlib import Path
 
 import msgspec
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.ingest import load_env_file
+from shared.devstack import processes
+from shared.devstack.pipeline import Service, TopicTap, make_tenant, start_ingest, start_worker
+from shared.devstack.reconcile import Report, Send, Sender, plan, reconcile, settle
+from shared.devstack.stack import Stack
+from shared.runtime.kafka import ensure_topics
+from shared.runtime.settings import Settings
 
-from bench.harness import Report, Send, Sender, plan, reconcile, settle  # noqa: E402
-from bench.ingest import load_env_file  # noqa: E402
-from shared.devstack import processes  # noqa: E402
-from shared.devstack.stack import Stack  # noqa: E402
-from shared.kafka import ensure_topics  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from tests.pipeline import Service, TopicTap, make_tenant, start_ingest, start_worker  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """End-to-end benchmark: traces through the whole running pipeline against a bare pipeline.
 
-    .venv/bin/python bench/e2e.py [--count 20000] [--batch 100]
+    .venv/bin/python -m bench.e2e [--count 20000] [--batch 100]
 
 Uses the stack of ``.devstack/env``. With a topic prefix and project of its own:
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,13 +29,12 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.ingest import load_env_file, trace_body
+from shared.devstack.pipeline import Service, make_tenant, start_ingest, start_worker
+from shared.runtime.kafka import ensure_topics, make_producer
+from shared.runtime.settings import Settings, libpq_url
 
-from bench.ingest import load_env_file, trace_body  # noqa: E402
-from shared.kafka import ensure_topics, make_producer  # noqa: E402
-from shared.settings import Settings, libpq_url  # noqa: E402
-from tests.pipeline import Service, make_tenant, start_ingest, start_worker  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def vm_hwm_mib(service: Service) -> float:

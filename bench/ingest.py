@@ -1,6 +1,6 @@
 """Ingest benchmark: the real endpoint against a bare aiohttp handler, in the same run.
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--connections 64] [--workers 1]
+    .venv/bin/python -m bench.ingest [--seconds 10] [--connections 64] [--workers 1]
 
 Uses the stack of ``.devstack/env`` (``make bench`` brings it up first). Starts its own
 ``python -m ingest_api`` on a free port with a fresh bench project and key, and the bare handler
@@ -24,13 +24,12 @@ from pathlib import Path
 import msgspec
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.load import Result, drive
+from shared import registry
+from shared.devstack.pipeline import free_port
+from shared.runtime.settings import Settings, libpq_url
 
-from bench.load import Result, drive  # noqa: E402
-from shared import management  # noqa: E402
-from shared.settings import Settings, libpq_url  # noqa: E402
-from tests.pipeline import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_env_file() -> None:
@@ -62,8 +61,8 @@ async def bench_key(settings: Settings) -> str:
     async with await psycopg.AsyncConnection.connect(
         libpq_url(settings.database_url), autocommit=True
     ) as conn:
-        project = await management.create_project(conn, f"bench-{time.time_ns()}")
-        return (await management.create_key(conn, settings.key_pepper, project.id, "bench")).key
+        project = await registry.create_project(conn, f"bench-{time.time_ns()}")
+        return (await registry.create_key(conn, settings.key_pepper, project.id, "bench")).key
 
 
 def wait_http(url: str, timeout: float = 60) -> None:
@@ -150,7 +149,7 @@ def main() -> None:
         "INGEST_WORKERS": str(args.workers),
         "LOG_LEVEL": "warning",
     }
-    bare = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_server.py"), str(bare_port)])
+    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(bare_port)])
     ingest = subprocess.Popen([sys.executable, "-m", "ingest_api"], env=env, cwd=ROOT)
     try:
         wait_http(f"http://127.0.0.1:{bare_port}/healthz")

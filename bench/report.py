@@ -23,7 +23,7 @@ RESULTS = ROOT / "bench" / "results"
 def run(script: str, *args: str) -> float:
     """Run one benchmark; returns its own peak RSS in MiB (the bench process, not its servers)."""
     print(f"\n=== {script} {' '.join(args)}", flush=True)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", f"bench.{script}", *args], cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -38,10 +38,10 @@ def load(name: str) -> dict:
 def main() -> int:
     started = time.time()
     rss = {
-        "ingest": run("ingest.py", "--seconds", "10"),
-        "router": run("router.py", "--count", "50000"),
-        "storage": run("storage.py", "--count", "20000"),
-        "e2e": run("e2e.py", "--count", "20000"),
+        "ingest": run("ingest", "--seconds", "10"),
+        "router": run("router", "--count", "50000"),
+        "storage": run("storage", "--count", "20000"),
+        "e2e": run("e2e", "--count", "20000"),
     }
     ingest, router, storage, e2e = load("ingest"), load("router"), load("storage"), load("e2e")
     rows = [

@@ -1,10 +1,10 @@
 """Router benchmark: the router's step against a bare aiokafka consume-and-produce loop.
 
-    .venv/bin/python bench/router.py [--count 50000]
+    .venv/bin/python -m bench.router [--count 50000]
 
 Uses the stack of ``.devstack/env``. Writes ``--count`` raw envelopes (~1 KB bodies) to a fresh
 topic prefix, then drains them twice through the same consume → step → commit loop
-(shared.worker.run_batches), each with its own consumer group: once with a bare step that only
+(shared.runtime.worker.run_batches), each with its own consumer group: once with a bare step that only
 re-produces every record and gathers the acks, once with router_worker.route.Router.step (decode,
 resolve against the platform snapshot, re-encode, produce, gather). Prints both rates and the ratio;
 writes ``bench/results/router.json``.
@@ -15,38 +15,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
 import msgspec
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.ingest import load_env_file, trace_body
+from router_worker.metrics import RouterMetrics
+from router_worker.platforms import PlatformRegistry
+from router_worker.route import Router
+from shared import registry
+from shared.contracts.topics import Topics
+from shared.devstack.pipeline import Tenant
+from shared.runtime.kafka import ensure_topics, make_consumer, make_producer
+from shared.runtime.settings import Settings, libpq_url
+from shared.runtime.worker import Batch, run_batches
+from tests.router_helpers import produce_raw, raw_envelopes
 
-from bench.ingest import load_env_file, trace_body  # noqa: E402
-from router_worker.metrics import RouterMetrics  # noqa: E402
-from router_worker.platforms import PlatformRegistry  # noqa: E402
-from router_worker.route import Router  # noqa: E402
-from shared import management  # noqa: E402
-from shared.kafka import ensure_topics, make_consumer, make_producer  # noqa: E402
-from shared.settings import Settings, libpq_url  # noqa: E402
-from shared.topics import Topics  # noqa: E402
-from shared.worker import Batch, run_batches  # noqa: E402
-from tests.pipeline import Tenant  # noqa: E402
-from tests.test_router_helpers import produce_raw, raw_envelopes  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def bench_tenant(settings: Settings) -> Tenant:
     async with await psycopg.AsyncConnection.connect(
         libpq_url(settings.database_url), autocommit=True
     ) as conn:
-        project = await management.create_project(conn, f"bench-router-{time.time_ns()}")
-        n8n = await management.create_platform(
+        project = await registry.create_project(conn, f"bench-router-{time.time_ns()}")
+        n8n = await registry.create_platform(
             conn, project.id, "n8n", "n8n", workflow_id=f"wf-{time.time_ns()}"
         )
-        key = await management.create_key(conn, settings.key_pepper, project.id, "bench", [n8n.id])
+        key = await registry.create_key(conn, settings.key_pepper, project.id, "bench", [n8n.id])
     tenant = Tenant(project.id, n8n.id, n8n.id, n8n.id, n8n.workflow_id or "", "")
     tenant.key_ids["n8n"] = key.id
     return tenant

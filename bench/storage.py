@@ -1,6 +1,6 @@
 """Storage benchmark: the storage worker's write path against a plain COPY of the same rows.
 
-    .venv/bin/python bench/storage.py [--count 20000] [--batch 500] [--no-worker]
+    .venv/bin/python -m bench.storage [--count 20000] [--batch 500] [--no-worker]
 
 Uses the stack of ``.devstack/env`` (``make bench`` brings it up first; variables already in the
 environment win). In one run, with ``--count`` routed traces of ~1 KB for a fresh bench project,
@@ -35,21 +35,20 @@ from typing import Any
 import msgspec
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.ingest import load_env_file, trace_body
+from shared import registry
+from shared.contracts.envelope import Hints, RawEnvelope, encode, message_key, routed
+from shared.contracts.ids import uuid7
+from shared.devstack.pipeline import free_port
+from shared.runtime.kafka import ensure_topics, make_producer
+from shared.runtime.settings import Settings, libpq_url
+from storage_worker.last_used import LastUsedTracker
+from storage_worker.rows import TraceRow, decode_records
+from storage_worker.sql import COLUMNS
+from storage_worker.write import create_stage, write_rows
+from tests.storage_helpers import consumer_record
 
-from bench.ingest import load_env_file, trace_body  # noqa: E402
-from shared import management  # noqa: E402
-from shared.envelope import Hints, RawEnvelope, encode, message_key, routed  # noqa: E402
-from shared.ids import uuid7  # noqa: E402
-from shared.kafka import ensure_topics, make_producer  # noqa: E402
-from shared.settings import Settings, libpq_url  # noqa: E402
-from storage_worker.last_used import LastUsedTracker  # noqa: E402
-from storage_worker.rows import TraceRow, decode_records  # noqa: E402
-from storage_worker.upsert import collapse  # noqa: E402
-from storage_worker.write import COLUMNS, create_stage, write_rows  # noqa: E402
-from tests.pipeline import free_port  # noqa: E402
-from tests.storage_helpers import consumer_record  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SCRATCH = "bench_storage_scratch"
 Conn = psycopg.AsyncConnection[Any]
@@ -62,9 +61,9 @@ class BenchTenant(msgspec.Struct, frozen=True):
 
 
 async def bench_tenant(conn: Conn, pepper: str) -> BenchTenant:
-    project = await management.create_project(conn, f"bench-storage-{time.time_ns()}")
-    platform = await management.create_platform(conn, project.id, "http", "http_api")
-    key = await management.create_key(conn, pepper, project.id, "bench", [platform.id])
+    project = await registry.create_project(conn, f"bench-storage-{time.time_ns()}")
+    platform = await registry.create_platform(conn, project.id, "http", "http_api")
+    key = await registry.create_key(conn, pepper, project.id, "bench", [platform.id])
     return BenchTenant(project.id, platform.id, key.id)
 
 
@@ -127,8 +126,7 @@ async def write_path(
     started = time.perf_counter()
     for records in parts:
         decoded = decode_records(records)
-        plan = collapse(decoded.pending)
-        result = await write_rows(conn, plan.writes)
+        result = await write_rows(conn, decoded.pending)
         assert not decoded.invalid and not result.rejected
         for outcome in result.outcomes.values():
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
@@ -233,7 +231,7 @@ async def main() -> None:
         await conn.commit()
         await conn.close()
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
-            await management.delete_project(admin, tenant.project_id)
+            await registry.delete_project(admin, tenant.project_id)
 
     n = args.count
     base_rate, real_rate, replay_rate = n / base, n / real, n / replay

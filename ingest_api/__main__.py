@@ -10,8 +10,8 @@ import sys
 import structlog
 
 from ingest_api.server import serve_forever
-from shared.logging import configure_logging
-from shared.settings import Settings
+from shared.runtime.logging import configure_logging
+from shared.runtime.settings import Settings
 
 
 def _run_one(settings: Settings, reuse_port: bool) -> None:

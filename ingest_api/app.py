@@ -9,19 +9,19 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
-from ingest_api import admin
-from ingest_api.batch import post_batch
 from ingest_api.context import DB_POOL, ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
+from ingest_api.endpoints import admin
+from ingest_api.endpoints.batch import post_batch
+from ingest_api.endpoints.otlp import post_otlp_traces
+from ingest_api.endpoints.trace_read import get_trace
+from ingest_api.endpoints.traces import post_trace
 from ingest_api.enqueue import Enqueuer
 from ingest_api.key_registry import KeyRegistry
 from ingest_api.metrics import IngestMetrics
 from ingest_api.openapi import openapi_document
-from ingest_api.otlp_http import post_otlp_traces
 from ingest_api.responses import ERROR_CODE, error_middleware, json_response
-from ingest_api.trace_read import get_trace
-from ingest_api.traces import post_trace
-from shared.settings import Settings, libpq_url
-from shared.topics import Topics
+from shared.contracts.topics import Topics
+from shared.runtime.settings import Settings, libpq_url
 
 
 async def healthz(_: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ import uuid
 
 from ingest_api.key_registry import KeyRegistry
 from ingest_api.responses import ApiError, Detail
-from shared.management import KeyInfo
+from shared.registry import KeyInfo
 
 API_KEY_HEADER = "x-api-key"
 

@@ -4,7 +4,7 @@ Two shapes share one endpoint:
 - canonical ``{"spans": [...]}`` — every span checked (ids, names, timestamps, status);
 - legacy ``{"data": <any JSON value but null>}`` — what the seed's curl sends.
 A third is only recognised here: OTLP JSON (``{"resourceSpans": [...]}``, shape ``otlp``), which
-``ingest_api.otlp`` decodes and splits per trace.
+``ingest_api.otlp_decode`` decodes and splits per trace.
 The first two may carry ``metadata``, ``externalMetadata`` and ``platformId``; ``metadata.mibo.platform_id``
 means the same as ``platformId`` and must agree with it. The body itself is forwarded unchanged;
 this module only decides whether it is acceptable and extracts the routing inputs.
@@ -20,7 +20,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from ingest_api.responses import Detail
-from shared.envelope import BodyShape, Hints
+from shared.contracts.envelope import BodyShape, Hints
 
 NanoTime = Annotated[str, Meta(pattern=r"^[0-9]{1,20}$")] | Annotated[int, Meta(ge=0)]
 NonEmpty = Annotated[str, Meta(min_length=1, max_length=1024)]
@@ -48,7 +48,9 @@ class TraceBody(msgspec.Struct):
     metadata: dict[str, Any] | None = None
     externalMetadata: dict[str, Any] | None = None  # wire names, camelCase
     platformId: str | None = None  # a string: validated below for a precise message
-    resourceSpans: msgspec.Raw | UnsetType = UNSET  # OTLP JSON: skipped here, decoded by ingest_api.otlp
+    resourceSpans: msgspec.Raw | UnsetType = (
+        UNSET  # OTLP JSON: skipped here, decoded by ingest_api.otlp_decode
+    )
 
 
 class ParsedBody(msgspec.Struct, frozen=True):

@@ -8,7 +8,7 @@ from psycopg_pool import AsyncConnectionPool
 from ingest_api.enqueue import Enqueuer
 from ingest_api.key_registry import KeyRegistry
 from ingest_api.metrics import IngestMetrics
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 DB_POOL = web.AppKey("db_pool", AsyncConnectionPool)

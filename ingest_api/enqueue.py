@@ -1,12 +1,12 @@
 """Produce to ``traces.raw`` and wait for Kafka's acknowledgement — or answer 503, and then the
 trace is never stored.
 
-- **202 only after an ack** (``acks=all``, idempotent producer: see shared.kafka).
+- **202 only after an ack** (``acks=all``, idempotent producer: see shared.runtime.kafka).
 - **A 503 means "not stored".** A record handed to the producer but not acknowledged within
   ``PRODUCE_TIMEOUT_SECONDS`` stays in the producer's buffer (aiokafka retries it until the broker
   takes it) and may reach the broker later. So before answering 503 its trace id (the envelope's
   ``trace_id``, read back from the record itself) is cancelled in PostgreSQL
-  (``shared.cancellations.cancel``), and the storage worker never stores a cancelled id. When
+  (``shared.db.cancellations.cancel``), and the storage worker never stores a cancelled id. When
   ``cancel`` finds the trace stored already (the ack was merely late), it is answered as queued
   after all. When PostgreSQL cannot be reached either, the answer is still 503 — never a 202
   without an ack or a "stored" — logged and counted (``ingest_unfenced_503_total``): such a
@@ -56,9 +56,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from ingest_api.metrics import IngestMetrics
 from ingest_api.responses import ApiError, Detail
-from shared.cancellations import cancel
-from shared.kafka import make_producer
-from shared.settings import Settings
+from shared.db.cancellations import cancel
+from shared.runtime.kafka import make_producer
+from shared.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -263,7 +263,7 @@ class Enqueuer:
         """Deliver what is buffered (bounded: with the broker gone it would wait forever), then
         close — unless what is buffered was answered 503 already (or the broker is away): then it
         is discarded, not delivered."""
-        self._closing = True  # see shared.change_feed.ChangeFeed.stop for why a flag too
+        self._closing = True  # see shared.registry.change_feed.ChangeFeed.stop for why a flag too
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -386,13 +386,13 @@ class Enqueuer:
         broker_failure = False
         for i, future in enumerate(futures):
             if future is None:  # never handed to the producer: nothing to cancel
-                exc = refused[i]
+                refusal = refused[i]
                 outcome.append(
-                    f"Kafka refused the write: {type(exc).__name__}"
-                    if exc is not None
+                    f"Kafka refused the write: {type(refusal).__name__}"
+                    if refusal is not None
                     else "Kafka could not take the write in time"
                 )
-                broker_failure |= exc is None or isinstance(exc, BROKER_UNREACHABLE)
+                broker_failure |= refusal is None or isinstance(refusal, BROKER_UNREACHABLE)
                 self._metrics.unproduced_503.inc()
                 continue
             if not future.done():

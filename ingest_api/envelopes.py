@@ -8,9 +8,9 @@ import uuid
 import msgspec
 
 from ingest_api.body import ParsedBody
-from shared.envelope import BodyShape, Hints, RawEnvelope
-from shared.ids import uuid7
-from shared.management import KeyInfo
+from shared.contracts.envelope import BodyShape, Hints, RawEnvelope
+from shared.contracts.ids import uuid7
+from shared.registry import KeyInfo
 
 
 def envelope_for(

@@ -3,7 +3,7 @@
 - Every key (hash → KeyInfo) is loaded at start-up and kept current by PostgreSQL ``NOTIFY`` on
   ``mibo_registry`` (emitted by triggers in the same transaction as the change): a revoked key is
   dropped the moment its notification arrives, then the whole registry is reloaded.
-- shared.change_feed does the listening: a periodic full reload backstops missed notifications, the listener reconnects by
+- shared.registry.change_feed does the listening: a periodic full reload backstops missed notifications, the listener reconnects by
   itself and reloads after every (re)connect, so nothing changed while it was away is missed.
 - A miss may be a key created a moment ago whose notification is still in flight, so misses may
   ask the database — but only through a negative cache and a global token bucket: a flood of
@@ -19,9 +19,9 @@ import uuid
 import structlog
 from psycopg_pool import AsyncConnectionPool
 
-from shared.change_feed import ChangeFeed
-from shared.keys import hash_key, is_well_formed
-from shared.management import KeyInfo, fetch_key, load_key_registry
+from shared.contracts.keys import hash_key, is_well_formed
+from shared.registry import KeyInfo, fetch_key, load_key_registry
+from shared.registry.change_feed import ChangeFeed
 
 log = structlog.get_logger(__name__)
 

@@ -38,7 +38,7 @@ class IngestMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
-        # A 503 means the trace will not be stored (ingest_api.enqueue, shared.cancellations).
+        # A 503 means the trace will not be stored (ingest_api.enqueue, shared.db.cancellations).
         self.kafka_up = Gauge(
             "ingest_kafka_up",
             "1 while the broker is believed reachable (the last send or probe succeeded), else 0",

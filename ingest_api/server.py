@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from ingest_api.app import create_app
-from shared.settings import Settings
+from shared.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
 

@@ -14,8 +14,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from router_worker.metrics import RouterMetrics
 from router_worker.platforms import PlatformRegistry
 from router_worker.route import Router
-from shared.settings import Settings, libpq_url
-from shared.worker import (
+from shared.runtime.settings import Settings, libpq_url
+from shared.runtime.worker import (
     metrics_server,
     run_batches,
     run_service,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.worker import lag_gauge
+from shared.runtime.worker import lag_gauge
 
 
 class RouterMetrics:

@@ -1,7 +1,7 @@
 """The platforms the router decides between: an immutable snapshot, kept current in memory.
 
 The router never queries per message: it reads a snapshot of every platform, replaced whole on
-each reload (driven by shared.change_feed: NOTIFY on change, periodic backstop).
+each reload (driven by shared.registry.change_feed: NOTIFY on change, periodic backstop).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import psycopg
 
-from shared.change_feed import ChangeFeed
+from shared.registry.change_feed import ChangeFeed
 
 
 class PlatformInfo(msgspec.Struct, frozen=True):

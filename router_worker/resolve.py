@@ -25,8 +25,8 @@ import uuid
 import msgspec
 
 from router_worker.platforms import PlatformInfo, Snapshot
-from shared.dlq import DeadLetter
-from shared.envelope import Hints, RawEnvelope, ResolvedBy
+from shared.contracts.dlq import DeadLetter
+from shared.contracts.envelope import Hints, RawEnvelope, ResolvedBy
 
 
 class Routed(msgspec.Struct, frozen=True):
@@ -88,70 +88,104 @@ def _matches_any(platform: PlatformInfo, hints: Hints) -> bool:
     )
 
 
-def resolve(envelope: RawEnvelope, snapshot: Snapshot) -> Decision:
+class _Scope(msgspec.Struct, frozen=True):
+    """The platforms a trace may go to (step 1), and how to name its sender in a detail."""
+
+    project: tuple[PlatformInfo, ...]
+    candidates: tuple[PlatformInfo, ...]
+    who: str
+
+
+def _scope(envelope: RawEnvelope, snapshot: Snapshot) -> _Scope:
     project = snapshot.project(envelope.project_id)
     key = f"key {envelope.key_id}"
     if envelope.key_restricted:
-        scope = set(envelope.key_scope)
-        candidates = tuple(p for p in project if p.id in scope)
+        allowed = set(envelope.key_scope)
         who = f"{key} (restricted to {len(envelope.key_scope)} platform(s))"
-    else:
-        candidates = project
-        who = f"{key} (all platforms of project {envelope.project_id})"
+        return _Scope(project, tuple(p for p in project if p.id in allowed), who)
+    return _Scope(project, project, f"{key} (all platforms of project {envelope.project_id})")
 
-    if envelope.platform_id is not None:
-        explicit = envelope.platform_id
-        if all(p.id != explicit for p in project):
-            return DeadLetter(
-                "platform_not_found",
-                f"{who} named platform {explicit}, which is not a platform of project {envelope.project_id}",
-            )
-        if all(p.id != explicit for p in candidates):
-            return DeadLetter(
-                "platform_not_allowed",
-                f"{who} named platform {explicit}, which is outside the key's scope; allowed: {_describe(candidates)}",
-            )
-        return Routed(explicit, "explicit")
 
-    hints = envelope.hints
-    hinted = hints.workflow_id is not None or hints.chatflow_id is not None or hints.service_name is not None
-    if hinted:
-        text = _hint_text(hints)
-        matching = [p for p in candidates if _matches(p, hints)]
-        if len(matching) == 1:
-            return Routed(matching[0].id, "hint")
-        if len(matching) > 1:
-            return DeadLetter(
-                "platform_ambiguous",
-                f"{who} sent {text}, which matches several platforms: {_describe(matching)}",
-                tuple(str(p.id) for p in matching),
-            )
-        outside = [p for p in project if _matches(p, hints)]
-        if outside:
-            return DeadLetter(
-                "platform_not_allowed",
-                f"{who} sent {text}, which matches {_describe(outside)} outside the key's scope",
-                tuple(str(p.id) for p in outside),
-            )
-        if any(_matches_any(p, hints) for p in project):
-            return DeadLetter(
-                "platform_unresolved",
-                f"{who} sent {text}: the hints point to different platforms and no platform matches them all",
-            )
+def _by_explicit_platform(envelope: RawEnvelope, scope: _Scope) -> Decision | None:
+    """Step 2: an explicit platform decides alone; ``None`` when the body names none."""
+    explicit = envelope.platform_id
+    if explicit is None:
+        return None
+    if all(p.id != explicit for p in scope.project):
+        return DeadLetter(
+            "platform_not_found",
+            f"{scope.who} named platform {explicit}, which is not a platform of project {envelope.project_id}",
+        )
+    if all(p.id != explicit for p in scope.candidates):
+        return DeadLetter(
+            "platform_not_allowed",
+            f"{scope.who} named platform {explicit}, which is outside the key's scope; "
+            f"allowed: {_describe(scope.candidates)}",
+        )
+    return Routed(explicit, "explicit")
 
+
+def _hinted(hints: Hints) -> bool:
+    return hints.workflow_id is not None or hints.chatflow_id is not None or hints.service_name is not None
+
+
+def _by_hints(hints: Hints, scope: _Scope) -> Decision | None:
+    """Step 3: hints narrow the candidates to one, or explain why they cannot; ``None`` when there
+    are no hints, or when they match no platform of the project (nothing configured to narrow by)."""
+    if not _hinted(hints):
+        return None
+    text = _hint_text(hints)
+    matching = [p for p in scope.candidates if _matches(p, hints)]
+    if len(matching) == 1:
+        return Routed(matching[0].id, "hint")
+    if len(matching) > 1:
+        return DeadLetter(
+            "platform_ambiguous",
+            f"{scope.who} sent {text}, which matches several platforms: {_describe(matching)}",
+            tuple(str(p.id) for p in matching),
+        )
+    outside = [p for p in scope.project if _matches(p, hints)]
+    if outside:
+        return DeadLetter(
+            "platform_not_allowed",
+            f"{scope.who} sent {text}, which matches {_describe(outside)} outside the key's scope",
+            tuple(str(p.id) for p in outside),
+        )
+    if any(_matches_any(p, hints) for p in scope.project):
+        return DeadLetter(
+            "platform_unresolved",
+            f"{scope.who} sent {text}: the hints point to different platforms and no platform matches them all",
+        )
+    return None
+
+
+def _by_count(envelope: RawEnvelope, scope: _Scope) -> Decision:
+    """Step 4: exactly one candidate routes; none or several cannot."""
+    candidates = scope.candidates
     if len(candidates) == 1:
         return Routed(candidates[0].id, "single_candidate")
-    because = f" ({_hint_text(hints)} matches no platform of the project)" if hinted else ""
+    hints = envelope.hints
+    because = f" ({_hint_text(hints)} matches no platform of the project)" if _hinted(hints) else ""
     if not candidates:
         why = (
             "none of the key's platforms exists any more"
             if envelope.key_restricted
             else f"project {envelope.project_id} has no platforms"
         )
-        return DeadLetter("platform_unresolved", f"{who} has no platform to route to{because}: {why}")
+        return DeadLetter("platform_unresolved", f"{scope.who} has no platform to route to{because}: {why}")
     return DeadLetter(
         "platform_ambiguous",
-        f"{who} sent no platformId and no matching workflowId/chatflowId/service.name{because}; "
+        f"{scope.who} sent no platformId and no matching workflowId/chatflowId/service.name{because}; "
         f"it could be any of: {_describe(candidates)}",
         tuple(str(p.id) for p in candidates),
+    )
+
+
+def resolve(envelope: RawEnvelope, snapshot: Snapshot) -> Decision:
+    """SPEC §5, in order: the key's scope, then an explicit platform, then hints, then the count."""
+    scope = _scope(envelope, snapshot)
+    return (
+        _by_explicit_platform(envelope, scope)
+        or _by_hints(envelope.hints, scope)
+        or _by_count(envelope, scope)
     )

@@ -2,7 +2,7 @@
 
 Outputs are produced without awaiting each delivery and then gathered, so a batch costs one round
 of acknowledgements. The step returns only when every output is acknowledged; only then does
-shared.worker.run_batches commit the batch's offsets.
+shared.runtime.worker.run_batches commit the batch's offsets.
 
 A trace the current snapshot would dead-letter for a configuration reason but that arrived after
 the snapshot was taken triggers one reload first: configuration committed before the trace was
@@ -24,10 +24,10 @@ from aiokafka.structs import ConsumerRecord
 from router_worker.metrics import RouterMetrics
 from router_worker.platforms import PlatformRegistry
 from router_worker.resolve import Decision, Routed, resolve
-from shared import dlq
-from shared.envelope import RawEnvelope, decode_raw, encode, routed
-from shared.topics import Topics
-from shared.worker import Batch
+from shared.contracts import dlq
+from shared.contracts.envelope import RawEnvelope, decode_raw, encode, routed
+from shared.contracts.topics import Topics
+from shared.runtime.worker import Batch
 
 log = structlog.get_logger(__name__)
 
@@ -94,13 +94,15 @@ class Router:
             assert item.envelope is not None
             value = encode(routed(item.envelope, decision.platform_id, decision.resolved_by))
             return await self._producer.send(self._topics.routed, value, key=record.key)
-        headers = dlq.headers(
+        letter = dlq.letter(
             decision,
             stage="router",
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            attempt=max(1, dlq.attempt_of(record.headers)),
+            key=record.key,
+            value=record.value,
+            source_headers=record.headers,
         )
         log.info(
             "dead-lettered",
@@ -108,7 +110,9 @@ class Router:
             detail=decision.detail,
             source=f"{record.topic}/{record.partition}/{record.offset}",
         )
-        return await self._producer.send(self._topics.dlq, record.value, key=record.key, headers=headers)
+        return await self._producer.send(
+            self._topics.dlq, letter.value, key=letter.key, headers=letter.headers
+        )
 
     def _count(self, items: list[Item]) -> None:
         self._metrics.consumed.inc(len(items))

@@ -7,5 +7,5 @@ One batch, top to bottom (``step.StoreStep``)::
             ─COPY + INSERT … ON CONFLICT─▶ outcomes   (write.py, one transaction; poison rows bisected out)
             ─produce, await acks─▶ traces.dlq         (dead_letters.py)
             ─note keys─▶ LastUsedTracker              (last_used.py, flushed every few seconds)
-    then shared.worker.run_batches commits the offsets.
+    then shared.runtime.worker.run_batches commits the offsets.
 """

@@ -13,8 +13,8 @@ import sys
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from shared.settings import Settings, libpq_url
-from shared.worker import (
+from shared.runtime.settings import Settings, libpq_url
+from shared.runtime.worker import (
     metrics_server,
     run_batches,
     run_service,

@@ -10,47 +10,44 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from shared import dlq
+from shared.contracts import dlq
 from storage_worker.rows import Source
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Letter:
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    reason: dlq.Reason
-
-
-def letter(source: Source, dead: dlq.DeadLetter) -> Letter:
-    headers = dlq.headers(
+def letter(source: Source, dead: dlq.DeadLetter) -> dlq.Letter:
+    return dlq.letter(
         dead,
         stage="storage",
         topic=source.topic,
         partition=source.partition,
         offset=source.offset,
-        attempt=max(1, dlq.attempt_of(source.headers)),
+        key=source.key,
+        value=source.value,
+        source_headers=source.headers,
     )
-    return Letter(source.key, source.value, headers, dead.reason)
 
 
-async def send_all(producer: AIOKafkaProducer, topic: str, letters: Sequence[Letter]) -> None:
+async def send_all(producer: AIOKafkaProducer, topic: str, letters: Sequence[dlq.Letter]) -> None:
     """Produce every letter, then wait for all acknowledgements (one round, not one per letter)."""
     if not letters:
         return
     futures = [await producer.send(topic, item.value, key=item.key, headers=item.headers) for item in letters]
     await asyncio.gather(*futures)
     for item in letters:
-        log.info("dead-lettered", reason=item.reason, detail=dict(item.headers)[dlq.DETAIL].decode())
+        log.info("dead-lettered", reason=item.reason, detail=item.detail)
 
 
 def rejected(detail: str) -> dlq.DeadLetter:
     """A row PostgreSQL refused (``storage_rejected``); ``detail`` names the trace and the error."""
     return dlq.DeadLetter("storage_rejected", detail)
+
+
+def unresolved(detail: str) -> dlq.DeadLetter:
+    """A trace routed to a platform that was deleted before it could be stored."""
+    return dlq.DeadLetter("platform_unresolved", detail)

@@ -1,7 +1,7 @@
 """The storage worker's Prometheus metrics (served on ``STORAGE_METRICS_PORT``).
 
 Every record read ends in exactly one of: stored, replaced, merged, duplicate, stale,
-dead-lettered — so ``accepted = stored + replaced + merged + stale + dead-lettered (router +
+cancelled (answered 503 by the ingest API: never stored), dead-lettered — so ``accepted = stored + replaced + merged + stale + dead-lettered (router +
 storage)`` can be checked across the pipeline (duplicates are re-deliveries of records already
 counted once). ``merged`` is an OTLP part whose spans joined a trace already stored (or another
 part of it in the same batch).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from shared.worker import lag_gauge
+from shared.runtime.worker import lag_gauge
 
 
 class StorageMetrics:
@@ -33,6 +33,11 @@ class StorageMetrics:
         self.stale = Counter(
             "storage_stale_versions_ignored",
             "Older versions of a trace that arrived after (or in the same batch as) a newer one: never written",
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "storage_cancelled_ignored",
+            "Records the ingest API answered 503 and cancelled (shared.db.cancellations): never stored",
             registry=r,
         )
         self.dead_lettered = Counter(

@@ -9,7 +9,7 @@ block its partition.
 JSON columns stay JSON text end to end (``msgspec.Raw`` slices, never parsed into Python objects):
 PostgreSQL parses them once, into ``jsonb``, and is the judge of what it accepts.
 
-An OTLP part (shape ``otlp``, see ``shared.otlp``) becomes a row whose ``spans`` hold its spans,
+An OTLP part (shape ``otlp``, see ``shared.contracts.otlp``) becomes a row whose ``spans`` hold its spans,
 each with its version (the part's id and received-at) and the part's resource: they go to
 ``trace_spans``, merged span by span into the trace (``storage_worker.merge``). Its ``payload`` is
 ``{"traceId": ...}`` and its ``metadata`` the resource's attributes.
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import msgspec
 from aiokafka.structs import ConsumerRecord
 
-from shared import otlp
-from shared.dlq import DeadLetter
-from shared.envelope import RoutedEnvelope, decode_routed
+from shared.contracts import otlp
+from shared.contracts.dlq import DeadLetter
+from shared.contracts.envelope import RoutedEnvelope, decode_routed
 
 _NULL = msgspec.Raw(b"null")
 
@@ -52,7 +52,8 @@ class TraceRow(msgspec.Struct, frozen=True, kw_only=True):
     ``metadata`` and ``external_metadata`` are copied out of it so they can be queried alone.
 
     For an OTLP part ``id`` is the part's own (envelope) id — what re-deliveries are recognised
-    by — while the stored row's id is ``shared.otlp.stored_trace_id`` (see :func:`stored_id`);
+    by, and an alias of the trace (``trace_aliases``) — while the stored row's id is
+    ``shared.contracts.otlp.stored_trace_id`` of its identity (see :func:`stored_id`);
     ``spans`` holds its spans (empty for every other shape)."""
 
     id: uuid.UUID
@@ -76,7 +77,7 @@ def stored_id(row: TraceRow) -> uuid.UUID:
     """The ``traces.id`` this row is written as: its own id, or an OTLP trace's derived one."""
     if row.is_otlp:
         assert row.external_id is not None
-        return otlp.stored_trace_id(row.project_id, row.external_id)
+        return otlp.stored_trace_id(row.project_id, row.platform_id, row.external_id)
     return row.id
 
 
@@ -126,7 +127,7 @@ _body_decoder = msgspec.json.Decoder(_BodyParts)
 
 
 class _OtlpBody(msgspec.Struct):
-    """An OTLP part's body (``shared.otlp.TraceBody``), spans kept as JSON text."""
+    """An OTLP part's body (``shared.contracts.otlp.TraceBody``), spans kept as JSON text."""
 
     traceId: str
     resource: msgspec.Raw

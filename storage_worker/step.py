@@ -1,8 +1,9 @@
 """The storage worker's step: one batch of ``traces.routed`` records, stored exactly once.
 
-decode (pure) → collapse (pure) → write (one transaction) → dead letters (acknowledged) → note keys.
+decode (pure) → write (one transaction: admit, collapse, upsert) → dead letters (acknowledged) →
+note keys.
 The step returns only when the database transaction committed and every dead letter was
-acknowledged; ``shared.worker.run_batches`` commits the batch's offsets only then, and retries
+acknowledged; ``shared.runtime.worker.run_batches`` commits the batch's offsets only then, and retries
 the same records (with capped backoff) when the step raises — for example while PostgreSQL is
 restarting. Retrying is safe because the write is idempotent.
 """
@@ -15,14 +16,15 @@ from collections import Counter
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from shared.worker import Batch
+from shared.contracts import dlq
+from shared.runtime.worker import Batch
 from storage_worker import dead_letters
 from storage_worker.database import Database
 from storage_worker.last_used import LastUsedTracker
 from storage_worker.metrics import StorageMetrics
 from storage_worker.rows import Pending, decode_records
-from storage_worker.upsert import Outcome, collapse
-from storage_worker.write import WriteResult, write_rows
+from storage_worker.upsert import Outcome
+from storage_worker.write import WriteResult, orphan_detail, write_rows
 
 log = structlog.get_logger(__name__)
 
@@ -59,13 +61,12 @@ class StoreStep:
     async def __call__(self, batch: Batch) -> None:
         records = [record for records in batch.values() for record in records]
         decoded = decode_records(records)
-        plan = collapse(decoded.pending)
 
         key = _batch_key(batch)
         if self._committed is not None and self._committed[0] == key:
             result = self._committed[1]  # a retry after the dead letters failed: written already
         else:
-            result = await self._write(plan.writes, len(records))
+            result = await self._write(decoded.pending, len(records))
             self._committed = (key, result)
 
         letters = [dead_letters.letter(item.source, item.dead) for item in decoded.invalid]
@@ -74,26 +75,34 @@ class StoreStep:
             for r in result.rejected
             for part in r.pending.originals
         ]
+        letters += [  # routed to a platform deleted since
+            dead_letters.letter(item.source, dead_letters.unresolved(orphan_detail(item.row)))
+            for item in result.orphaned
+        ]
         await dead_letters.send_all(self._producer, self._dlq_topic, letters)
         self._committed = None
 
         outcomes: Counter[Outcome] = Counter(result.outcomes.values())
-        outcomes["duplicate"] += len(plan.duplicates)
-        outcomes["stale"] += len(plan.stale)
+        outcomes["duplicate"] += result.duplicates
+        outcomes["stale"] += result.stale
         self._count(len(records), outcomes, letters)
+        self._metrics.cancelled.inc(len(result.cancelled))
+        if result.cancelled:
+            log.info("cancelled traces not stored", traces=len(result.cancelled))
         refused = {part.row.id for r in result.rejected for part in r.pending.originals}
+        refused.update(item.row.id for item in (*result.orphaned, *result.cancelled))
         self._tracker.note_all(
             (item.row.api_key_id, item.row.received_at)
             for item in decoded.pending
             if item.row.id not in refused
         )
 
-    async def _write(self, writes: list[Pending], size: int) -> WriteResult:
-        if not writes:  # only undecodable records: nothing to wait for the database for
+    async def _write(self, pending: list[Pending], size: int) -> WriteResult:
+        if not pending:  # only undecodable records: nothing to wait for the database for
             return WriteResult()
         started = time.perf_counter()
         try:
-            result = await write_rows(await self._db.connection(), writes)
+            result = await write_rows(await self._db.connection(), pending)
         except Exception as exc:
             self._metrics.database_errors.inc()
             await self._db.failed(exc)
@@ -107,7 +116,7 @@ class StoreStep:
         self._metrics.flush_latency.observe(time.perf_counter() - started)
         return result
 
-    def _count(self, size: int, outcomes: Counter[Outcome], letters: list[dead_letters.Letter]) -> None:
+    def _count(self, size: int, outcomes: Counter[Outcome], letters: list[dlq.Letter]) -> None:
         m = self._metrics
         m.batch_size.observe(size)
         m.stored.inc(outcomes["stored"])

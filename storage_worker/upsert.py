@@ -1,7 +1,8 @@
 """The upsert rule, as pure functions: which version of a trace a batch writes.
 
-A trace's identity is ``(project_id, external_id)`` when the client sent an ``x-request-id``, else
-its trace id (SPEC §6). Within one batch several versions of the same identity may arrive (a client
+A trace's identity is ``(project_id, platform_id, external_id)`` when the client sent an
+``x-request-id``, else its trace id (SPEC §6): the platform is part of it, so two platforms that
+reuse an external id keep two traces and no key reaches a trace outside its scope. Within one batch several versions of the same identity may arrive (a client
 re-posting, a replay); ``INSERT ... ON CONFLICT DO UPDATE`` may not touch one row twice in one
 statement, and only the newest version matters anyway, so the batch is collapsed first:
 
@@ -35,11 +36,18 @@ Outcome = Literal["stored", "replaced", "duplicate", "stale", "merged"]
 version was already stored (re-delivery, replay). stale: an older version than the stored one.
 merged: an OTLP part whose spans were merged into a stored trace."""
 
-Identity = tuple[uuid.UUID, str] | uuid.UUID
+ExternalIdentity = tuple[uuid.UUID, uuid.UUID, str]
+"""(project, platform, external id)."""
+Identity = ExternalIdentity | uuid.UUID
+
+
+def external_identity(row: TraceRow) -> ExternalIdentity:
+    assert row.external_id is not None
+    return (row.project_id, row.platform_id, row.external_id)
 
 
 def identity(row: TraceRow) -> Identity:
-    return (row.project_id, row.external_id) if row.external_id is not None else row.id
+    return external_identity(row) if row.external_id is not None else row.id
 
 
 def _version(row: TraceRow) -> tuple[dt.datetime, uuid.UUID]:
@@ -86,7 +94,7 @@ class StoredVersion:
 
 
 def classify_conflicts(
-    losers: Sequence[TraceRow], stored: Mapping[tuple[uuid.UUID, str], StoredVersion]
+    losers: Sequence[TraceRow], stored: Mapping[ExternalIdentity, StoredVersion]
 ) -> dict[uuid.UUID, Outcome]:
     """Outcomes of external-id rows the database did not write (its stored version was not older).
 
@@ -95,8 +103,7 @@ def classify_conflicts(
     replaced since)."""
     out: dict[uuid.UUID, Outcome] = {}
     for row in losers:
-        assert row.external_id is not None
-        current = stored.get((row.project_id, row.external_id))
+        current = stored.get(external_identity(row))
         if current is None or current.id == row.id:
             out[row.id] = "duplicate"  # (None: deleted meanwhile with its project; nothing to do)
         else:

@@ -12,17 +12,17 @@ compares the whole write path against a plain COPY of the same rows. The staging
 
 Two statements, because an ``ON CONFLICT`` names one target:
 - no external id → keyed by trace id: ``ON CONFLICT (id) DO NOTHING`` — a re-delivery is a no-op;
-- external id → ``ON CONFLICT (project_id, external_id) DO UPDATE ... WHERE (stored.received_at,
-  stored.id) < (new.received_at, new.id)``: a newer version replaces id, platform, key, body,
+- external id → ``ON CONFLICT (project_id, platform_id, external_id) DO UPDATE ... WHERE
+  (stored.received_at, stored.id) < (new.received_at, new.id)``: a newer version replaces id, platform, key, body,
   metadata, received-at and updated-at (``stored_at`` stays: when the trace first arrived); an
   older one, or the same one again, changes nothing. The row's id is that of the version it holds
   — the id the client got for its last POST — and ties on received-at are broken by trace id
   exactly as in ``upsert.collapse``.
 ``RETURNING (xmax = 0)`` tells an insert from an update (a fresh tuple has no deleting xid).
 
-OTLP traces (body_shape ``otlp``, identity ``(project_id, 'otlp:<trace id>')``) take a third path,
-the merge of ``storage_worker.merge`` (why a spans table: migration 0004):
-- the trace row: ``ON CONFLICT (project_id, external_id) DO UPDATE`` of the trace-level columns
+OTLP traces (body_shape ``otlp``, identity ``(project_id, platform_id, 'otlp:<trace id>')``) take a
+third path, the merge of ``storage_worker.merge`` (why a spans table: migration 0004):
+- the trace row: ``ON CONFLICT (project_id, platform_id, external_id) DO UPDATE`` of the trace-level columns
   when the part is newer by received-at (the row's id is derived from the trace and never
   changes);
 - its spans: binary COPY into a second staging table, then ``INSERT INTO trace_spans ... ON
@@ -53,130 +53,38 @@ import psycopg
 import structlog
 from psycopg import errors as pg_errors
 
+from shared.db import cancellations
 from storage_worker.merge import classify
 from storage_worker.rows import Pending, TraceRow, stored_id
-from storage_worker.upsert import Outcome, StoredVersion, classify_conflicts
+from storage_worker.sql import (
+    COPY_SPAN_STAGE,
+    COPY_STAGE,
+    CREATE_SPAN_STAGE,
+    CREATE_STAGE,
+    INSERT_ALIASES,
+    INSERT_BY_ID,
+    LIVE_PLATFORMS,
+    SPAN_STAGE,
+    SPAN_STAGE_TYPES,
+    STAGE,
+    STAGE_TYPES,
+    STORED_SPAN_PARTS,
+    STORED_VERSIONS,
+    TOUCH_TRACES,
+    UPSERT_BY_EXTERNAL_ID,
+    UPSERT_OTLP_TRACES,
+    UPSERT_SPANS,
+)
+from storage_worker.upsert import (
+    Outcome,
+    Plan,
+    StoredVersion,
+    classify_conflicts,
+    collapse,
+    external_identity,
+)
 
 log = structlog.get_logger(__name__)
-
-STAGE = "storage_stage"
-COLUMNS = (
-    "id", "project_id", "platform_id", "api_key_id", "external_id", "body_shape",
-    "payload", "metadata", "external_metadata", "received_at",
-)  # fmt: skip
-_COLUMN_LIST = ", ".join(COLUMNS)
-
-CREATE_STAGE = f"""
-CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} (
-    id uuid NOT NULL,
-    project_id uuid NOT NULL,
-    platform_id uuid NOT NULL,
-    api_key_id uuid,
-    external_id text,
-    body_shape text NOT NULL,
-    payload text NOT NULL,
-    metadata text,
-    external_metadata text,
-    received_at timestamptz NOT NULL
-) ON COMMIT DELETE ROWS
-"""
-# JSON travels as text and is cast to jsonb by the INSERT: PostgreSQL parses each document once.
-
-SPAN_STAGE = "storage_span_stage"
-CREATE_SPAN_STAGE = f"""
-CREATE TEMPORARY TABLE IF NOT EXISTS {SPAN_STAGE} (
-    trace_id uuid NOT NULL,
-    span_id text NOT NULL,
-    part_id uuid NOT NULL,
-    received_at timestamptz NOT NULL,
-    span text NOT NULL,
-    resource text NOT NULL
-) ON COMMIT DELETE ROWS
-"""
-
-COPY_STAGE = f"COPY {STAGE} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
-STAGE_TYPES = ("uuid", "uuid", "uuid", "uuid", "text", "text", "text", "text", "text", "timestamptz")
-# Binary COPY: text goes over as its UTF-8 bytes, with no escaping scan over every 1 KB body on
-# either side; ~10% faster end to end than the text format in bench/storage.py.
-
-_SELECT_STAGE = f"""
-SELECT id, project_id, platform_id, api_key_id, external_id, body_shape,
-       payload::jsonb, metadata::jsonb, external_metadata::jsonb, received_at
-FROM {STAGE}
-"""
-
-INSERT_BY_ID = f"""
-INSERT INTO traces ({_COLUMN_LIST})
-{_SELECT_STAGE} WHERE external_id IS NULL ORDER BY id
-ON CONFLICT (id) DO NOTHING
-RETURNING id
-"""
-
-UPSERT_BY_EXTERNAL_ID = f"""
-INSERT INTO traces AS stored ({_COLUMN_LIST})
-{_SELECT_STAGE} WHERE external_id IS NOT NULL AND body_shape <> 'otlp' ORDER BY project_id, external_id
-ON CONFLICT (project_id, external_id) DO UPDATE SET
-    id = EXCLUDED.id,
-    platform_id = EXCLUDED.platform_id,
-    api_key_id = EXCLUDED.api_key_id,
-    body_shape = EXCLUDED.body_shape,
-    payload = EXCLUDED.payload,
-    metadata = EXCLUDED.metadata,
-    external_metadata = EXCLUDED.external_metadata,
-    received_at = EXCLUDED.received_at,
-    updated_at = now()
-WHERE (stored.received_at, stored.id) < (EXCLUDED.received_at, EXCLUDED.id)
-RETURNING stored.project_id, stored.external_id, (stored.xmax = 0) AS inserted
-"""
-# ORDER BY: concurrent writers (two workers during a rebalance) take row locks in the same order.
-
-UPSERT_OTLP_TRACES = f"""
-INSERT INTO traces AS stored ({_COLUMN_LIST})
-{_SELECT_STAGE} WHERE body_shape = 'otlp' ORDER BY project_id, external_id
-ON CONFLICT (project_id, external_id) DO UPDATE SET
-    platform_id = EXCLUDED.platform_id,
-    api_key_id = EXCLUDED.api_key_id,
-    payload = EXCLUDED.payload,
-    metadata = EXCLUDED.metadata,
-    received_at = EXCLUDED.received_at,
-    updated_at = now()
-WHERE stored.body_shape = 'otlp' AND stored.received_at < EXCLUDED.received_at
-RETURNING stored.id, (stored.xmax = 0) AS inserted
-"""
-# A stored row of another shape under an otlp: external id (impossible through the API, which
-# reserves the prefix) is left alone; its spans then fail their foreign key and are dead-lettered.
-
-COPY_SPAN_STAGE = (
-    f"COPY {SPAN_STAGE} (trace_id, span_id, part_id, received_at, span, resource) FROM STDIN (FORMAT BINARY)"
-)
-SPAN_STAGE_TYPES = ("uuid", "text", "uuid", "timestamptz", "text", "text")
-
-UPSERT_SPANS = f"""
-INSERT INTO trace_spans AS stored (trace_id, span_id, part_id, received_at, span, resource)
-SELECT trace_id, span_id, part_id, received_at, span::jsonb, resource::jsonb
-FROM {SPAN_STAGE} ORDER BY trace_id, span_id
-ON CONFLICT (trace_id, span_id) DO UPDATE SET
-    part_id = EXCLUDED.part_id,
-    received_at = EXCLUDED.received_at,
-    span = EXCLUDED.span,
-    resource = EXCLUDED.resource
-WHERE (stored.received_at, stored.part_id) < (EXCLUDED.received_at, EXCLUDED.part_id)
-RETURNING stored.trace_id, stored.span_id, stored.part_id
-"""
-
-TOUCH_TRACES = "UPDATE traces SET updated_at = now() WHERE id = ANY(%s)"
-
-STORED_SPAN_PARTS = """
-SELECT s.trace_id, s.span_id, s.part_id
-FROM unnest(%s::uuid[], %s::text[]) AS wanted(trace_id, span_id)
-JOIN trace_spans s ON s.trace_id = wanted.trace_id AND s.span_id = wanted.span_id
-"""
-
-STORED_VERSIONS = """
-SELECT t.project_id, t.external_id, t.id, t.received_at
-FROM unnest(%s::uuid[], %s::text[]) AS wanted(project_id, external_id)
-JOIN traces t ON t.project_id = wanted.project_id AND t.external_id = wanted.external_id
-"""
 
 ROW_FAULTS: tuple[type[psycopg.Error], ...] = (
     pg_errors.CardinalityViolation,  # class 21: self-heals by bisection (never expected: see upsert.py)
@@ -195,8 +103,17 @@ class Rejected:
 
 @dataclass(slots=True)
 class WriteResult:
+    """What became of one batch: an outcome per written record (stored, replaced, duplicate,
+    stale, merged), the writes PostgreSQL refused, the records whose platform no longer exists
+    (dead-lettered ``platform_unresolved``), the records cancelled by a 503 (never stored), and
+    how many the collapse found to be duplicates or stale inside the batch."""
+
     outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
+    orphaned: list[Pending] = field(default_factory=list)
+    cancelled: list[Pending] = field(default_factory=list)
+    duplicates: int = 0
+    stale: int = 0
 
     def merge(self, other: WriteResult) -> WriteResult:
         self.outcomes.update(other.outcomes)
@@ -209,6 +126,16 @@ async def create_stage(conn: psycopg.AsyncConnection[Any]) -> None:
     async with conn.transaction():
         await conn.execute(CREATE_STAGE)
         await conn.execute(CREATE_SPAN_STAGE)
+
+
+def orphan_detail(row: TraceRow) -> str:
+    """Why a routed trace cannot be stored on its platform: it was deleted after the routing."""
+    return (
+        f"Platform {row.platform_id} no longer exists in project {row.project_id}: the platform "
+        f"(or its project) was deleted after the router chose it for trace {row.id}"
+        + (f" (external id {row.external_id!r})" if row.external_id is not None else "")
+        + ". A trace is never stored on a deleted platform; replay it once routing is settled."
+    )
 
 
 def refusal_detail(row: TraceRow, exc: psycopg.Error) -> str:
@@ -252,19 +179,22 @@ async def _attempt(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending])
                 outcomes[row.id] = "stored" if row.id in inserted else "duplicate"
         if by_external_id:
             await cur.execute(UPSERT_BY_EXTERNAL_ID)
-            written = {(project, external): fresh for project, external, fresh in await cur.fetchall()}
+            written = {
+                (project, platform, external): fresh
+                for project, platform, external, fresh in await cur.fetchall()
+            }
             losers: list[TraceRow] = []
             for row in by_external_id:
-                fresh = written.get((row.project_id, row.external_id))  # type: ignore[arg-type]
+                fresh = written.get(external_identity(row))
                 if fresh is None:
                     losers.append(row)
                 else:
                     outcomes[row.id] = "stored" if fresh else "replaced"
             if losers:
                 await cur.execute(
-                    STORED_VERSIONS, ([r.project_id for r in losers], [r.external_id for r in losers])
+                    STORED_VERSIONS, tuple(map(list, zip(*map(external_identity, losers), strict=True)))
                 )
-                stored = {(p, e): StoredVersion(i, at) for p, e, i, at in await cur.fetchall()}
+                stored = {(p, pl, e): StoredVersion(i, at) for p, pl, e, i, at in await cur.fetchall()}
                 outcomes.update(classify_conflicts(losers, stored))
         if otlp_writes:
             outcomes.update(await _merge_otlp(cur, otlp_writes))
@@ -333,17 +263,62 @@ async def _isolate(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending])
     return left.merge(await _isolate(conn, items[middle:]))
 
 
-async def write_rows(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending]) -> WriteResult:
-    """Write one collapsed batch (at most one row per identity) and commit.
+async def _admit(
+    conn: psycopg.AsyncConnection[Any], pending: Sequence[Pending], result: WriteResult
+) -> list[Pending]:
+    """Inside the write transaction, before anything is written: drop the records a 503 cancelled
+    (``shared.db.cancellations.fence``: holds its lock until commit) and those whose platform no longer
+    exists (the platforms found stay locked against deletion until commit)."""
+    async with conn.cursor() as cur:
+        cancelled = await cancellations.fence(cur, {item.row.id for item in pending})
+        await cur.execute(LIVE_PLATFORMS, (list({item.row.platform_id for item in pending}),))
+        live = {(platform, project) for platform, project in await cur.fetchall()}
+    admitted: list[Pending] = []
+    for item in pending:
+        if item.row.id in cancelled:
+            result.cancelled.append(item)
+        elif (item.row.platform_id, item.row.project_id) not in live:
+            result.orphaned.append(item)
+        else:
+            admitted.append(item)
+    return admitted
 
-    Returns each written row's outcome and the rows PostgreSQL refused; raises on anything that
-    is not the data's fault (the transaction is then rolled back and nothing was written)."""
-    if not items:
+
+async def _alias(conn: psycopg.AsyncConnection[Any], rows: Sequence[TraceRow]) -> None:
+    aliased = [row for row in rows if row.external_id is not None]
+    if aliased:
+        columns = zip(*((row.id, *external_identity(row)) for row in aliased), strict=True)
+        await conn.execute(INSERT_ALIASES, tuple(map(list, columns)))
+
+
+async def _write_admitted(
+    conn: psycopg.AsyncConnection[Any], pending: Sequence[Pending], *, isolate: bool
+) -> WriteResult:
+    """One transaction: admit, collapse, write (all at once, or by bisection), alias, commit."""
+    result = WriteResult()
+    async with conn.transaction():
+        plan: Plan = collapse(await _admit(conn, pending, result))
+        result.duplicates, result.stale = len(plan.duplicates), len(plan.stale)
+        if isolate:
+            result.merge(await _isolate(conn, plan.writes))
+        elif plan.writes:
+            result.outcomes.update(await _attempt(conn, plan.writes))
+        refused = {part.row.id for r in result.rejected for part in r.pending.originals}
+        kept = [part.row for item in (*plan.writes, *plan.stale) for part in item.originals]
+        await _alias(conn, [row for row in kept if row.id not in refused])
+    return result
+
+
+async def write_rows(conn: psycopg.AsyncConnection[Any], pending: Sequence[Pending]) -> WriteResult:
+    """Write one batch of decoded records and commit: admitted (:func:`_admit`), collapsed to one
+    write per identity (``upsert.collapse``), upserted, and their ids aliased to their traces.
+
+    Returns each written record's outcome and what was not written; raises on anything that is
+    not the data's fault (the transaction is then rolled back and nothing was written)."""
+    if not pending:
         return WriteResult()
     try:
-        async with conn.transaction():
-            return WriteResult(await _attempt(conn, items))
+        return await _write_admitted(conn, pending, isolate=False)
     except ROW_FAULTS as exc:
-        log.info("batch refused; isolating the rows PostgreSQL refuses", rows=len(items), error=str(exc))
-    async with conn.transaction():
-        return await _isolate(conn, items)
+        log.info("batch refused; isolating the rows PostgreSQL refuses", rows=len(pending), error=str(exc))
+    return await _write_admitted(conn, pending, isolate=True)

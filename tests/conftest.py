@@ -6,12 +6,30 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from shared.settings import Settings, libpq_url
+from shared.runtime.settings import Settings, libpq_url
 from tests.services import Services, provide
+
+HERE = Path(__file__).resolve().parent
+SERVICE_FIXTURES = {"services", "settings", "db", "adb"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``tests/integration`` and ``tests/faults`` need the real broker and database: marked
+    ``integration`` (``pytest -m "not integration"`` runs the pure tests alone, in seconds).
+    ``tests/unit`` must stay pure: a unit test that reaches for a service fixture is an error."""
+    for item in items:
+        kind = Path(str(item.path)).relative_to(HERE).parts[0]
+        if kind in ("integration", "faults"):
+            item.add_marker(pytest.mark.integration)
+        elif kind == "unit":
+            used = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+            if used:
+                raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {sorted(used)}")
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +57,7 @@ def settings(services: Services) -> Settings:
 
 @pytest.fixture(scope="session")
 async def topics(settings: Settings):  # type: ignore[no-untyped-def]
-    from shared.kafka import ensure_topics
+    from shared.runtime.kafka import ensure_topics
 
     return await ensure_topics(settings)
 
@@ -60,7 +78,7 @@ async def adb(settings: Settings) -> AsyncIterator[psycopg.AsyncConnection]:
 
 @pytest.fixture(scope="session")
 async def tenant(settings: Settings, topics):  # type: ignore[no-untyped-def]
-    from tests.pipeline import make_tenant
+    from shared.devstack.pipeline import make_tenant
 
     return await make_tenant(settings)
 
@@ -73,7 +91,7 @@ def service_logs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 @pytest.fixture(scope="session")
 def ingest(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
     """``python -m ingest_api`` as a real process on a free port."""
-    from tests.pipeline import start_ingest
+    from shared.devstack.pipeline import start_ingest
 
     service = start_ingest(settings, service_logs)
     yield service
@@ -83,7 +101,7 @@ def ingest(settings: Settings, topics, service_logs):  # type: ignore[no-untyped
 @pytest.fixture(scope="session")
 async def raw_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
     """Every record of traces.raw of this session, read from the beginning."""
-    from tests.pipeline import TopicTap
+    from shared.devstack.pipeline import TopicTap
 
     async with TopicTap(settings, topics.raw) as tap:
         yield tap
@@ -92,7 +110,7 @@ async def raw_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def router(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
     """``python -m router_worker`` as a real process (consumer group of this session's topics)."""
-    from tests.pipeline import start_worker
+    from shared.devstack.pipeline import start_worker
 
     service = start_worker("router_worker", settings, service_logs)
     yield service
@@ -100,9 +118,21 @@ def router(settings: Settings, topics, service_logs):  # type: ignore[no-untyped
 
 
 @pytest.fixture(scope="session")
+def storage(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
+    """``python -m storage_worker`` as a real process, flushing last-used times every 0.5 s."""
+    from shared.devstack.pipeline import start_worker
+
+    service = start_worker(
+        "storage_worker", settings, service_logs, LAST_USED_FLUSH_SECONDS="0.5", LOG_LEVEL="debug"
+    )
+    yield service
+    assert service.stop() == 0, service.log.read_text()[-3000:]  # SIGTERM: drained, clean exit
+
+
+@pytest.fixture(scope="session")
 async def routed_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
     """Every record of traces.routed of this session, read from the beginning."""
-    from tests.pipeline import TopicTap
+    from shared.devstack.pipeline import TopicTap
 
     async with TopicTap(settings, topics.routed) as tap:
         yield tap
@@ -111,7 +141,7 @@ async def routed_tap(settings: Settings, topics):  # type: ignore[no-untyped-def
 @pytest.fixture(scope="session")
 async def dlq_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
     """Every record of traces.dlq of this session, read from the beginning."""
-    from tests.pipeline import TopicTap
+    from shared.devstack.pipeline import TopicTap
 
     async with TopicTap(settings, topics.dlq) as tap:
         yield tap

@@ -21,10 +21,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared import otlp
-from shared.envelope import Hints, RawEnvelope, RoutedEnvelope, routed
-from shared.ids import uuid7
-from tests.pipeline import Tenant
+from shared.contracts import otlp
+from shared.contracts.envelope import Hints, RawEnvelope, RoutedEnvelope, routed
+from shared.contracts.ids import uuid7
+from shared.devstack.pipeline import Tenant
 
 _ID_FIELDS = {"traceId", "spanId", "parentSpanId"}
 

@@ -14,11 +14,11 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from shared.envelope import Hints, RawEnvelope, RoutedEnvelope, encode, message_key, routed
-from shared.ids import uuid7
-from shared.kafka import make_producer
-from shared.settings import Settings
-from tests.pipeline import Tenant
+from shared.contracts.envelope import Hints, RawEnvelope, RoutedEnvelope, encode, message_key, routed
+from shared.contracts.ids import uuid7
+from shared.devstack.pipeline import Tenant
+from shared.runtime.kafka import make_producer
+from shared.runtime.settings import Settings
 
 SEED_BODY = b'{ "data": { "input": "...", "output": "..." } }'
 
@@ -117,7 +117,7 @@ async def count_stored(settings: Settings, ids: list[uuid.UUID]) -> tuple[int, i
     """(rows, distinct ids) among ``ids``, on a fresh connection (fault tests restart the server)."""
     import psycopg
 
-    from shared.settings import libpq_url
+    from shared.runtime.settings import libpq_url
 
     async with await psycopg.AsyncConnection.connect(
         libpq_url(settings.database_url), autocommit=True, connect_timeout=3

@@ -184,7 +184,7 @@ trace_aliases = Table(
 trace_cancellations = Table(
     "trace_cancellations",
     metadata,
-    # Traces answered 503 after they were handed to Kafka: never stored (shared.cancellations).
+    # Traces answered 503 after they were handed to Kafka: never stored (shared.db.cancellations).
     Column("id", UUID(as_uuid=True), primary_key=True),
     Column("cancelled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

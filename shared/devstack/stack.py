@@ -185,7 +185,7 @@ class Stack:
         return self.service_env()
 
     def _wait_ready(self, say, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-        from shared.kafka import kafka_ready
+        from shared.runtime.kafka import kafka_ready
 
         deadline = time.monotonic() + timeout
         kafka_ok = db_ok = False
@@ -201,8 +201,8 @@ class Stack:
         raise SystemExit(f"timed out waiting for kafka={kafka_ok} postgres={db_ok}")
 
     async def _ensure_topics(self) -> None:
-        from shared.kafka import ensure_topics
-        from shared.settings import Settings
+        from shared.runtime.kafka import ensure_topics
+        from shared.runtime.settings import Settings
 
         await ensure_topics(Settings.from_env(os.environ | self.service_env()))
 
@@ -317,7 +317,7 @@ def _version() -> str:
 def _db_ready(url: str) -> bool:
     import psycopg
 
-    from shared.settings import libpq_url
+    from shared.runtime.settings import libpq_url
 
     try:
         with psycopg.connect(libpq_url(url), connect_timeout=3) as conn:

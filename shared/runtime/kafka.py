@@ -1,0 +1,103 @@
+"""Kafka producer/consumer factories with the SPEC's defaults, topic creation, readiness.
+
+Producers: ``acks=all`` + idempotence (no duplicates from producer retries, order kept per
+partition) + zstd compression + a small linger so concurrent requests share batches.
+Consumers: manual commits only (offsets are committed after the work they stand for is durable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from shared.contracts.topics import Topics
+from shared.runtime.settings import Settings
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "enable_idempotence": True,
+    "compression_type": "zstd",
+    "linger_ms": 5,
+    "max_batch_size": 1024 * 1024,
+    "max_request_size": 16 * 1024 * 1024,
+    "request_timeout_ms": 30_000,
+}
+
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable_auto_commit": False,
+    "auto_offset_reset": "earliest",
+    "isolation_level": "read_committed",
+    "max_partition_fetch_bytes": 16 * 1024 * 1024,
+    "fetch_max_bytes": 64 * 1024 * 1024,
+}
+
+# Topic-level settings: a trace body may be up to MAX_BODY_BYTES, plus its envelope.
+TOPIC_CONFIG = {"max.message.bytes": str(16 * 1024 * 1024)}
+
+
+def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, **(PRODUCER_DEFAULTS | overrides)
+    )
+
+
+def make_consumer(
+    settings: Settings, *topics: str, group_id: str | None, **overrides: Any
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=group_id,
+        **(CONSUMER_DEFAULTS | overrides),
+    )
+
+
+async def ensure_topics(settings: Settings) -> Topics:
+    """Create the contract's topics if they are missing; existing ones are left as they are."""
+    topics = Topics.with_prefix(settings.kafka_topic_prefix)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name=name,
+                num_partitions=settings.kafka_topic_partitions,
+                replication_factor=settings.kafka_replication_factor,
+                topic_configs=TOPIC_CONFIG,
+            )
+            for name in topics.all()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process created them first
+    finally:
+        await admin.close()
+    return topics
+
+
+async def kafka_ready(bootstrap_servers: str, timeout: float = 5.0) -> bool:
+    """True when the broker answers a metadata round trip within ``timeout`` seconds."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000))
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # "Unable connect" while the broker starts is expected
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        await asyncio.wait_for(admin.list_topics(), timeout)
+        return True
+    except (KafkaConnectionError, KafkaError, TimeoutError, OSError):
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+        quiet.setLevel(level)

@@ -1,0 +1,195 @@
+"""The consume → work → commit loop both workers share, and their small metrics server.
+
+``run_batches`` takes records in batches (``getmany``), hands each batch to the worker's step, and
+commits the batch's offsets only after that step returned — i.e. after its outputs are durable
+(Kafka acks for the router, a database commit for storage). A step that raises is retried with the
+same records and a capped backoff; offsets never move past work that was not done. SIGTERM ends
+the loop between batches: the batch in hand is finished and committed first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from shared.contracts.topics import Topics
+from shared.runtime.kafka import ensure_topics, make_consumer, make_producer
+from shared.runtime.logging import configure_logging
+from shared.runtime.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+Batch = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+Step = Callable[[Batch], Awaitable[None]]
+Client = TypeVar("Client", AIOKafkaConsumer, AIOKafkaProducer)
+
+
+def stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def lag_gauge(registry: CollectorRegistry, prefix: str) -> Gauge:
+    return Gauge(
+        f"{prefix}_consumer_lag", "Records behind the partition's end", ["partition"], registry=registry
+    )
+
+
+async def _record_lag(consumer: AIOKafkaConsumer, gauge: Gauge) -> None:
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        with contextlib.suppress(IllegalStateError):
+            gauge.labels(str(tp.partition)).set(max(0, highwater - await consumer.position(tp)))
+
+
+async def run_batches(
+    consumer: AIOKafkaConsumer,
+    step: Step,
+    stop: asyncio.Event,
+    *,
+    max_records: int = 500,
+    lag: Gauge | None = None,
+    name: str = "worker",
+) -> None:
+    backoff = 0.2
+    while not stop.is_set():
+        batch: Batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
+        if not batch:
+            if lag is not None:
+                await _record_lag(consumer, lag)
+            continue
+        while True:  # the same records until the step succeeds: nothing is skipped
+            try:
+                await step(batch)
+                backoff = 0.2
+                break
+            except Exception as exc:
+                log.warning(f"{name} step failed; retrying the same batch", error=repr(exc), retry_in=backoff)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff):
+                        await stop.wait()
+                backoff = min(backoff * 2, 10.0)
+                if stop.is_set():
+                    # Stopping during an outage: leave without committing; the records are
+                    # re-delivered to whoever consumes next.
+                    log.warning(f"{name} stopping with an unfinished batch; it will be re-delivered")
+                    return
+        offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance took the partitions away: their new owner re-reads from the last commit
+            # (at-least-once; storage is idempotent).
+            log.warning(f"{name} commit failed; records will be re-delivered", error=repr(exc))
+        if lag is not None:
+            await _record_lag(consumer, lag)
+
+
+@contextlib.asynccontextmanager
+async def metrics_server(
+    registry: CollectorRegistry, host: str, port: int, ready: Callable[[], bool]
+) -> AsyncIterator[None]:
+    """``/metrics`` and ``/healthz`` on ``host:port`` (port 0: none)."""
+    if port == 0:
+        yield
+        return
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok = ready()
+        return web.json_response({"status": "ok" if ok else "starting"}, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_port=True).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def start_with_retry(factory: Callable[[], Client], what: str, stop: asyncio.Event) -> Client | None:
+    """A started aiokafka client, retrying (with a fresh client) while the broker is away;
+    None when ``stop`` was set first."""
+    backoff = 0.5
+    while not stop.is_set():
+        client = factory()
+        try:
+            await client.start()
+            return client
+        except Exception as exc:
+            log.warning(f"{what} cannot start yet; retrying", error=repr(exc), retry_in=backoff)
+            with contextlib.suppress(Exception):
+                await client.stop()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff):
+                    await stop.wait()
+            backoff = min(backoff * 2, 10.0)
+    return None
+
+
+async def topics_when_reachable(settings: Settings, stop: asyncio.Event) -> Topics | None:
+    """The contract's topics (created if missing), retrying while Kafka is away; None if stopped."""
+    while not stop.is_set():
+        try:
+            return await asyncio.wait_for(ensure_topics(settings), 10)
+        except Exception as exc:
+            log.warning("kafka not reachable yet; retrying", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await stop.wait()
+    return None
+
+
+def run_service(name: str, run: Callable[[Settings], Awaitable[None]]) -> int:
+    """A worker's ``main``: settings → logging → (uvloop) → ``run(settings)`` until it returns."""
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level, service=name)
+    if not settings.database_url:
+        structlog.get_logger(name).error("DATABASE_URL is not set")
+        return 2
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(run(settings))
+    return 0
+
+
+async def start_clients(
+    settings: Settings, source: str, group: str, stop: asyncio.Event
+) -> tuple[AIOKafkaProducer, AIOKafkaConsumer] | None:
+    """A worker's producer (its outputs) and its consumer of ``source`` in ``group``, each retried
+    while Kafka is away; None when stopped first (whatever did start is stopped again)."""
+    producer = await start_with_retry(lambda: make_producer(settings), "producer", stop)
+    if producer is None:
+        return None
+    consumer = await start_with_retry(
+        lambda: make_consumer(settings, source, group_id=group), "consumer", stop
+    )
+    if consumer is None:
+        await producer.stop()
+        return None
+    return producer, consumer
