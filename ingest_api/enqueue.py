@@ -57,6 +57,7 @@ from psycopg_pool import AsyncConnectionPool
 from ingest_api.metrics import IngestMetrics
 from ingest_api.responses import ApiError, Detail
 from shared.db.cancellations import cancel
+from shared.runtime.backoff import Backoff
 from shared.runtime.kafka import make_producer
 from shared.runtime.settings import Settings
 
@@ -232,7 +233,8 @@ class Enqueuer:
         task.add_done_callback(self._tasks.discard)
 
     async def _start_producer(self) -> None:
-        backoff = 0.5
+        # capped at 2 s: once the broker is back, 503s should stop within a couple of seconds
+        backoff = Backoff(cap=2.0)
         while not self._closing:
             # Requests to a broker that stopped answering (but kept its connection) give up — and
             # reconnect — as soon as the API stops waiting for them.
@@ -247,9 +249,9 @@ class Enqueuer:
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     await producer.stop()
-                log.warning("kafka producer cannot start yet; retrying", error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                delay = backoff.next_delay()
+                log.warning("kafka producer cannot start yet; retrying", error=str(exc), retry_in=delay)
+                await backoff.sleep(delay)
                 continue
             if self._closing:  # stop() came while it was starting
                 await asyncio.wait_for(producer.stop(), STOP_TIMEOUT_SECONDS)
