@@ -278,6 +278,7 @@ def _counters(services: dict[str, list[Service]]) -> tuple[dict[str, float], dic
     c = {
         "ingest accepted": _sum(services["ingest"], "ingest_traces_accepted_total"),
         "ingest cancelled (503)": _sum(services["ingest"], "ingest_traces_cancelled_total"),
+        "ingest unfenced (503)": _sum(services["ingest"], "ingest_unfenced_503_total"),
         "router routed": _sum(services["router"], "router_routed_total"),
         "router dead-lettered": _sum(services["router"], "router_dead_lettered_total"),
         "storage stored": _sum(services["storage"], "storage_traces_stored_total"),
@@ -291,9 +292,11 @@ def _counters(services: dict[str, list[Service]]) -> tuple[dict[str, float], dic
     # (it was in the producer's buffer), never storage's rows.
     seen_by_router = c["router routed"] + c["router dead-lettered"]
     checks = {
-        "ingest accepted <= router routed + dead-lettered <= accepted + cancelled": c["ingest accepted"]
+        "ingest accepted <= router routed + dead-lettered <= accepted + cancelled + unfenced": c[
+            "ingest accepted"
+        ]
         <= seen_by_router
-        <= c["ingest accepted"] + c["ingest cancelled (503)"],
+        <= c["ingest accepted"] + c["ingest cancelled (503)"] + c["ingest unfenced (503)"],
         "router routed = storage stored + replaced + duplicates + stale + cancelled + dead-lettered": c[
             "router routed"
         ]
