@@ -4,7 +4,8 @@
    platform of the key's project.
 2. An explicit platform (``platformId`` / ``metadata.mibo.platform_id``) must be in the project
    (else ``platform_not_found``) and among the candidates (else ``platform_not_allowed``).
-3. Otherwise hints narrow the candidates: ``chatflowId`` → Flowise platforms with that chatflow
+3. Otherwise hints narrow the candidates (read in every spelling clients send, see
+   ``router_worker.hints``): ``chatflowId`` → Flowise platforms with that chatflow
    id, ``workflowId`` → n8n platforms with that workflow id, an OTLP resource's ``service.name`` →
    platforms (of any type) whose ``otlp_service_name`` it is; all hints present must match.
    - A hint that matches only platforms outside the key's scope → ``platform_not_allowed``.
@@ -24,6 +25,7 @@ import uuid
 
 import msgspec
 
+from router_worker.hints import ReadHints, read_hints
 from router_worker.platforms import PlatformInfo, Snapshot
 from shared.contracts.dlq import DeadLetter
 from shared.contracts.envelope import Hints, RawEnvelope, ResolvedBy
@@ -41,15 +43,22 @@ def _describe(platforms: tuple[PlatformInfo, ...] | list[PlatformInfo]) -> str:
     return ", ".join(f"{p.name} ({p.type}, {p.id})" for p in platforms) or "none"
 
 
-def _hint_text(hints: Hints) -> str:
-    parts = []
-    if hints.workflow_id is not None:
-        parts.append(f"workflowId={hints.workflow_id}")
-    if hints.chatflow_id is not None:
-        parts.append(f"chatflowId={hints.chatflow_id}")
-    if hints.service_name is not None:
-        parts.append(f"service.name={hints.service_name}")
-    return " and ".join(parts)
+def _hint_text(read: ReadHints) -> str:
+    """``workflowId=wf-1 (metadata.workflow_id)``: each hint with where it was read, then any
+    spelling that disagreed."""
+    hints, parts = read.hints, []
+    for label, value in (
+        ("workflowId", hints.workflow_id),
+        ("chatflowId", hints.chatflow_id),
+        ("service.name", hints.service_name),
+    ):
+        if value is not None:
+            where = read.sources.get(label)
+            parts.append(f"{label}={value}" + (f" ({where})" if where else ""))
+    text = " and ".join(parts)
+    if read.disagreements:
+        text += " [" + "; ".join(read.disagreements) + "]"
+    return text
 
 
 def _workflow_match(platform: PlatformInfo, hints: Hints) -> bool:
@@ -129,12 +138,13 @@ def _hinted(hints: Hints) -> bool:
     return hints.workflow_id is not None or hints.chatflow_id is not None or hints.service_name is not None
 
 
-def _by_hints(hints: Hints, scope: _Scope) -> Decision | None:
+def _by_hints(read: ReadHints, scope: _Scope) -> Decision | None:
     """Step 3: hints narrow the candidates to one, or explain why they cannot; ``None`` when there
     are no hints, or when they match no platform of the project (nothing configured to narrow by)."""
+    hints = read.hints
     if not _hinted(hints):
         return None
-    text = _hint_text(hints)
+    text = _hint_text(read)
     matching = [p for p in scope.candidates if _matches(p, hints)]
     if len(matching) == 1:
         return Routed(matching[0].id, "hint")
@@ -159,13 +169,12 @@ def _by_hints(hints: Hints, scope: _Scope) -> Decision | None:
     return None
 
 
-def _by_count(envelope: RawEnvelope, scope: _Scope) -> Decision:
+def _by_count(envelope: RawEnvelope, read: ReadHints, scope: _Scope) -> Decision:
     """Step 4: exactly one candidate routes; none or several cannot."""
     candidates = scope.candidates
     if len(candidates) == 1:
         return Routed(candidates[0].id, "single_candidate")
-    hints = envelope.hints
-    because = f" ({_hint_text(hints)} matches no platform of the project)" if _hinted(hints) else ""
+    because = f" ({_hint_text(read)} matches no platform of the project)" if _hinted(read.hints) else ""
     if not candidates:
         why = (
             "none of the key's platforms exists any more"
@@ -184,8 +193,8 @@ def _by_count(envelope: RawEnvelope, scope: _Scope) -> Decision:
 def resolve(envelope: RawEnvelope, snapshot: Snapshot) -> Decision:
     """SPEC §5, in order: the key's scope, then an explicit platform, then hints, then the count."""
     scope = _scope(envelope, snapshot)
-    return (
-        _by_explicit_platform(envelope, scope)
-        or _by_hints(envelope.hints, scope)
-        or _by_count(envelope, scope)
-    )
+    explicit = _by_explicit_platform(envelope, scope)
+    if explicit is not None:
+        return explicit
+    read = read_hints(envelope)
+    return _by_hints(read, scope) or _by_count(envelope, read, scope)
