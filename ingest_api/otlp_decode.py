@@ -6,7 +6,8 @@ Two encodings of ``ExportTraceServiceRequest`` arrive (OTLP/HTTP, opentelemetry-
 - JSON (``application/json``), OTLP's JSON mapping: lowerCamelCase keys, trace and span ids as
   hex strings (not proto3 JSON's base64 — so ``google.protobuf.json_format`` cannot parse it),
   64-bit integers and nanosecond times as decimal strings or numbers, enums as integers (names
-  are taken too), unknown fields ignored. Decoded by msgspec into the ``_J*`` structs below.
+  are taken too), unknown fields ignored. Decoded by msgspec into the ``Otlp*`` structs below (also
+  ``/openapi.json``'s schema of an OTLP JSON request).
 
 Both become the same plain structs (``shared.contracts.otlp.Span``), then :func:`group` splits them into
 one :class:`Part` per (resource, trace id): spans of one trace sent by one resource, which is what
@@ -17,7 +18,10 @@ batches several services' spans of one distributed trace into one request.
 What is refused, span by span (OTLP's partial success, counted in :class:`Rejected`): a trace id
 that is not 16 bytes or is all zeros, a span id that is not 8 bytes or is all zeros, a parent span
 id that is neither empty nor 8 bytes, a time that is not a Unix-nanosecond integer. A body that
-cannot be decoded at all raises :class:`OtlpInvalid` (the whole request is a 400). Within one part
+cannot be decoded at all raises :class:`OtlpInvalid` (the whole request is a 400), and so does
+one whose attribute values nest arrays or key/value lists more than :data:`MAX_VALUE_DEPTH` levels
+deep, in either encoding (a JSON body is also held to ``ingest_api.body.MAX_JSON_DEPTH``, and
+protobuf's parser stops at 100 nested messages). Within one part
 a span id sent twice keeps its last version (a re-sent span replaces the earlier one). An empty
 span name is kept as it is (OTLP allows it), and links are kept as sent.
 """
@@ -35,12 +39,17 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from ingest_api.body import BodyInvalid, check_json
 from shared.contracts.envelope import Hints
 from shared.contracts.otlp import Scope, Span, SpanEvent, SpanLink, SpanStatus
 
 PLATFORM_ATTRIBUTE = "mibo.platform_id"
 SERVICE_ATTRIBUTE = "service.name"
 MAX_HINT_LENGTH = 200  # like a platform's otlp_service_name (shared.registry)
+MAX_VALUE_DEPTH = 24
+"""Most levels of arrayValue/kvlistValue an attribute value may nest (a scalar is level 0). Both
+encodings can carry it anywhere attributes are (resource, span, event, link): within
+``MAX_JSON_DEPTH`` in OTLP JSON, and within protobuf's 100 nested messages."""
 
 _HEX_TRACE = re.compile(r"^[0-9a-f]{32}$")
 _HEX_SPAN = re.compile(r"^[0-9a-f]{16}$")
@@ -65,6 +74,13 @@ class OtlpInvalid(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def _too_deep() -> OtlpInvalid:
+    return OtlpInvalid(
+        f"Body is nested too deeply: attribute values may nest arrayValue/kvlistValue at most "
+        f"{MAX_VALUE_DEPTH} levels deep"
+    )
 
 
 class SpanInvalid(Exception):
@@ -149,21 +165,23 @@ def _status(code: int, message: str | None) -> SpanStatus | None:
 # Protobuf
 
 
-def _pb_value(value: AnyValue) -> Any:
+def _pb_value(value: AnyValue, depth: int = 0) -> Any:
     kind = value.WhichOneof("value")
     if kind is None:
         return None
+    if kind in ("array_value", "kvlist_value") and depth >= MAX_VALUE_DEPTH:
+        raise _too_deep()
     if kind == "array_value":
-        return [_pb_value(v) for v in value.array_value.values]
+        return [_pb_value(v, depth + 1) for v in value.array_value.values]
     if kind == "kvlist_value":
-        return _pb_attributes(value.kvlist_value.values)
+        return _pb_attributes(value.kvlist_value.values, depth + 1)
     if kind == "bytes_value":
         return base64.b64encode(value.bytes_value).decode()
     return getattr(value, kind)
 
 
-def _pb_attributes(pairs: Iterable[KeyValue]) -> dict[str, Any]:
-    return {pair.key: _pb_value(pair.value) for pair in pairs}
+def _pb_attributes(pairs: Iterable[KeyValue], depth: int = 0) -> dict[str, Any]:
+    return {pair.key: _pb_value(pair.value, depth) for pair in pairs}
 
 
 def _pb_span(span: Any, scope: Scope | None) -> tuple[str, Span]:
@@ -214,6 +232,8 @@ def decode_protobuf(raw: bytes) -> Decoded:
     try:
         request = ExportTraceServiceRequest.FromString(raw)
     except DecodeError as exc:
+        if "MaxDepth" in str(exc):  # upb's limit of nested messages
+            raise _too_deep() from None
         raise OtlpInvalid(f"Body is not a protobuf ExportTraceServiceRequest: {exc}") from None
     return group(_pb_batches(request))
 
@@ -222,48 +242,48 @@ def decode_protobuf(raw: bytes) -> Decoded:
 # JSON (OTLP's JSON mapping). Every field may be absent or null, as in proto3 JSON.
 
 
-class _JArray(msgspec.Struct):
-    values: list[_JValue] | None = None
+class OtlpArrayValue(msgspec.Struct):
+    values: list[OtlpAnyValue] | None = None
 
 
-class _JKvList(msgspec.Struct):
-    values: list[_JKeyValue] | None = None
+class OtlpKeyValueList(msgspec.Struct):
+    values: list[OtlpKeyValue] | None = None
 
 
-class _JValue(msgspec.Struct):
+class OtlpAnyValue(msgspec.Struct):
     stringValue: str | None = None
     boolValue: bool | None = None
     intValue: int | str | None = None
     doubleValue: float | str | None = None  # "NaN", "Infinity" per proto3 JSON
-    arrayValue: _JArray | None = None
-    kvlistValue: _JKvList | None = None
+    arrayValue: OtlpArrayValue | None = None
+    kvlistValue: OtlpKeyValueList | None = None
     bytesValue: str | None = None
 
 
-class _JKeyValue(msgspec.Struct):
+class OtlpKeyValue(msgspec.Struct):
     key: str
-    value: _JValue | None = None
+    value: OtlpAnyValue | None = None
 
 
-class _JStatus(msgspec.Struct):
+class OtlpStatus(msgspec.Struct):
     code: int | str | None = None
     message: str | None = None
 
 
-class _JEvent(msgspec.Struct):
+class OtlpEvent(msgspec.Struct):
     timeUnixNano: int | str | None = None
     name: str | None = None
-    attributes: list[_JKeyValue] | None = None
+    attributes: list[OtlpKeyValue] | None = None
 
 
-class _JLink(msgspec.Struct):
+class OtlpLink(msgspec.Struct):
     traceId: str | None = None
     spanId: str | None = None
     traceState: str | None = None
-    attributes: list[_JKeyValue] | None = None
+    attributes: list[OtlpKeyValue] | None = None
 
 
-class _JSpan(msgspec.Struct):
+class OtlpSpan(msgspec.Struct):
     traceId: str | None = None
     spanId: str | None = None
     traceState: str | None = None
@@ -272,41 +292,43 @@ class _JSpan(msgspec.Struct):
     kind: int | str | None = None
     startTimeUnixNano: int | str | None = None
     endTimeUnixNano: int | str | None = None
-    attributes: list[_JKeyValue] | None = None
-    events: list[_JEvent] | None = None
-    links: list[_JLink] | None = None
-    status: _JStatus | None = None
+    attributes: list[OtlpKeyValue] | None = None
+    events: list[OtlpEvent] | None = None
+    links: list[OtlpLink] | None = None
+    status: OtlpStatus | None = None
 
 
-class _JScope(msgspec.Struct):
+class OtlpScope(msgspec.Struct):
     name: str | None = None
     version: str | None = None
 
 
-class _JScopeSpans(msgspec.Struct):
-    scope: _JScope | None = None
-    spans: list[_JSpan] | None = None
+class OtlpScopeSpans(msgspec.Struct):
+    scope: OtlpScope | None = None
+    spans: list[OtlpSpan] | None = None
 
 
-class _JResource(msgspec.Struct):
-    attributes: list[_JKeyValue] | None = None
+class OtlpResource(msgspec.Struct):
+    attributes: list[OtlpKeyValue] | None = None
 
 
-class _JResourceSpans(msgspec.Struct):
-    resource: _JResource | None = None
-    scopeSpans: list[_JScopeSpans] | None = None
+class OtlpResourceSpans(msgspec.Struct):
+    resource: OtlpResource | None = None
+    scopeSpans: list[OtlpScopeSpans] | None = None
 
 
-class _JRequest(msgspec.Struct):
-    resourceSpans: list[_JResourceSpans] | None = None
+class OtlpRequest(msgspec.Struct):
+    resourceSpans: list[OtlpResourceSpans] | None = None
 
 
-_json_decoder = msgspec.json.Decoder(_JRequest)
+_json_decoder = msgspec.json.Decoder(OtlpRequest)
 
 
-def _j_value(value: _JValue | None) -> Any:
+def _j_value(value: OtlpAnyValue | None, depth: int = 0) -> Any:
     if value is None:
         return None
+    if (value.arrayValue is not None or value.kvlistValue is not None) and depth >= MAX_VALUE_DEPTH:
+        raise _too_deep()
     if value.stringValue is not None:
         return value.stringValue
     if value.boolValue is not None:
@@ -323,16 +345,16 @@ def _j_value(value: _JValue | None) -> Any:
             raise SpanInvalid(f"doubleValue {str(value.doubleValue)[:40]!r} is not a number") from None
         return number if number == number and abs(number) != float("inf") else str(value.doubleValue)
     if value.arrayValue is not None:
-        return [_j_value(v) for v in value.arrayValue.values or ()]
+        return [_j_value(v, depth + 1) for v in value.arrayValue.values or ()]
     if value.kvlistValue is not None:
-        return _j_attributes(value.kvlistValue.values)
+        return _j_attributes(value.kvlistValue.values, depth + 1)
     if value.bytesValue is not None:
         return value.bytesValue  # already base64, as OTLP JSON sends bytes
     return None
 
 
-def _j_attributes(pairs: Sequence[_JKeyValue] | None) -> dict[str, Any]:
-    return {pair.key: _j_value(pair.value) for pair in pairs or ()}
+def _j_attributes(pairs: Sequence[OtlpKeyValue] | None, depth: int = 0) -> dict[str, Any]:
+    return {pair.key: _j_value(pair.value, depth) for pair in pairs or ()}
 
 
 def _j_enum(value: int | str | None, names: dict[str, int], what: str) -> int:
@@ -345,7 +367,7 @@ def _j_enum(value: int | str | None, names: dict[str, int], what: str) -> int:
     raise SpanInvalid(f"unknown {what} {value[:40]!r}")
 
 
-def _j_span(span: _JSpan, scope: Scope | None) -> tuple[str, Span]:
+def _j_span(span: OtlpSpan, scope: Scope | None) -> tuple[str, Span]:
     trace_id = _trace_id((span.traceId or "").lower())
     status = span.status
     return trace_id, Span(
@@ -377,10 +399,11 @@ def _j_span(span: _JSpan, scope: Scope | None) -> tuple[str, Span]:
     )
 
 
-def _j_batches(request: _JRequest) -> Iterator[_Batch]:
+def _j_batches(request: OtlpRequest) -> Iterator[_Batch]:
     for resource_spans in request.resourceSpans or ():
         spans: list[tuple[str, Span] | str] = []
         resource = resource_spans.resource
+        broken: str | None
         try:
             attributes = _j_attributes(resource.attributes if resource else None)
         except SpanInvalid as exc:
@@ -402,7 +425,13 @@ def _j_batches(request: _JRequest) -> Iterator[_Batch]:
 def decode_json(raw: bytes) -> Decoded:
     """``application/json`` in OTLP's JSON mapping: raises :class:`OtlpInvalid` when it is not."""
     try:
+        check_json(raw)
+    except BodyInvalid as exc:
+        raise OtlpInvalid(f"{exc.message}: {exc.details[0].msg}") from None
+    try:
         request = _json_decoder.decode(raw)
+    except RecursionError:  # not reachable after check_json; a backstop, never a 500
+        raise OtlpInvalid("Body is nested too deeply") from None
     except msgspec.MsgspecError as exc:
         raise OtlpInvalid(f"Body is not an OTLP JSON ExportTraceServiceRequest: {exc}") from None
     return group(list(_j_batches(request)))

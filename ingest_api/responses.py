@@ -3,27 +3,58 @@
 Success: ``{"success": true, "message", "timestamp", "data"}``.
 Error: ``{"success": false, "timestamp", "error": {"code", "message", "details": [...]}}`` where
 each detail is ``{"type", "msg", "path", "location"}``.
+
+The error middleware is the one place a request's failure becomes an answer, and every client
+input ends in a 4xx there: our ``ApiError``s, aiohttp's own refusals (404, 405 with ``Allow``, 413),
+a malformed body stream (400), and a client that hung up before its body arrived (logged at info
+and counted as 499 ``CLIENT_CLOSED_REQUEST``: nobody is left to read an answer). Only a bug of
+ours reaches the 500 branch. Answers keep the route's own format: ``google.rpc.Status`` on OTLP's
+``/v1/traces``, the Mibo envelope everywhere else.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from msgspec import Meta
 
 _encoder = msgspec.json.Encoder()
+log = structlog.get_logger(__name__)
 
 ERROR_CODE = web.RequestKey("error_code", str)  # read by the request counter
+OTLP_PATH = "/v1/traces"  # answers in OTLP's google.rpc.Status, not the Mibo envelope
+CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request": counted, never sent to anyone
+CLIENT_CLOSED = "CLIENT_CLOSED_REQUEST"
+
+LOCATIONS = ("body", "header", "path", "query", "server")
+Timestamp = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 
 
 class Detail(msgspec.Struct, frozen=True):
+    """Where and why: ``path`` names the field (``spans[0].span_id``), header or path segment."""
+
     type: str
     msg: str
     path: str = ""
-    location: str = "body"
+    location: Annotated[str, Meta(extra_json_schema={"enum": list(LOCATIONS)})] = "body"  # one of LOCATIONS
+
+
+class ErrorInfo(msgspec.Struct):
+    code: str
+    message: str
+    details: list[Detail]
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error of the public and admin API."""
+
+    success: Annotated[bool, Meta(extra_json_schema={"const": False})]
+    timestamp: Timestamp
+    error: ErrorInfo
 
 
 class ApiError(Exception):
@@ -61,12 +92,8 @@ def success(data: Any, message: str, status: int = 200) -> web.Response:
     )
 
 
-def error_body(code: str, message: str, details: list[Detail] | None = None) -> dict[str, Any]:
-    return {
-        "success": False,
-        "timestamp": now_iso(),
-        "error": {"code": code, "message": message, "details": details or []},
-    }
+def error_body(code: str, message: str, details: list[Detail] | None = None) -> ErrorBody:
+    return ErrorBody(False, now_iso(), ErrorInfo(code, message, details or []))
 
 
 def error_response(err: ApiError) -> web.Response:
@@ -75,23 +102,73 @@ def error_response(err: ApiError) -> web.Response:
     )
 
 
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    """aiohttp's own refusals (no route, wrong method, body over client_max_size) as an ApiError;
+    a 405 keeps its ``Allow`` header (RFC 9110 §15.5.6)."""
+    code = _HTTP_CODES.get(exc.status, "HTTP_ERROR")
+    headers: dict[str, str] = {}
+    details: list[Detail] = []
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        headers["Allow"] = allowed
+        message = f"This method is not allowed on this path; allowed: {allowed or 'none'}"
+        details.append(Detail("method_not_allowed", message, "", "path"))
+    elif exc.status == 404:
+        # neither path nor method is echoed: a key pasted into a URL must not come back
+        details.append(Detail("not_found", "No such route", "", "path"))
+    elif exc.status == 413:
+        details.append(Detail("too_large", "The body exceeds the size limit", "", "body"))
+    return ApiError(exc.status, code, exc.reason, details, headers)
+
+
+def _answer(request: web.Request, err: ApiError) -> web.Response:
+    request[ERROR_CODE] = err.code
+    if request.path == OTLP_PATH:
+        # imported here: both modules import this one
+        from ingest_api.content import is_protobuf
+        from ingest_api.endpoints.otlp import status_response
+
+        encoding: Literal["json", "protobuf"] = (
+            "protobuf" if is_protobuf(request.headers.get("Content-Type", "")) else "json"
+        )
+        return status_response(err, encoding)
+    return error_response(err)
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every error leaves in the envelope: our ApiErrors, aiohttp's own (404, 405), and crashes."""
+    """Every error leaves in the route's format; see the module docstring for the cases."""
     try:
         return await handler(request)
     except ApiError as err:
-        request[ERROR_CODE] = err.code
-        return error_response(err)
+        return _answer(request, err)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}.get(
-            exc.status, "HTTP_ERROR"
+        return _answer(request, _from_http_exception(exc))
+    except http_exceptions.HttpProcessingError as exc:  # a body stream aiohttp could not parse
+        message = f"Malformed request body: {exc.message}"
+        return _answer(request, ApiError(400, "VALIDATION_ERROR", message, [Detail("malformed", message)]))
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError ("Connection lost") is one
+        if not _client_gone(request):
+            return _crash(request)
+        log.info(
+            "client disconnected before the request was answered", path=request.path, method=request.method
         )
-        request[ERROR_CODE] = code
-        return error_response(ApiError(exc.status, code, exc.reason))
+        request[ERROR_CODE] = CLIENT_CLOSED
+        return web.Response(status=CLIENT_CLOSED_STATUS, reason="Client Closed Request")
     except Exception:
-        structlog.get_logger().exception("unhandled error", path=request.path, method=request.method)
-        request[ERROR_CODE] = "INTERNAL_SERVER_ERROR"
-        return error_response(ApiError(500, "INTERNAL_SERVER_ERROR", "Internal server error"))
+        return _crash(request)
+
+
+def _crash(request: web.Request) -> web.Response:
+    log.exception("unhandled error", path=request.path, method=request.method)
+    return _answer(request, ApiError(500, "INTERNAL_SERVER_ERROR", "Internal server error"))

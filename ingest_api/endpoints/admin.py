@@ -7,7 +7,12 @@ leave in the SPEC §3 envelope through ``ApiError``.
 
 Off by default: with no ``ADMIN_TOKEN`` configured no route is mounted, so every ``/admin`` path is
 a plain 404 and nothing hints that an admin API exists. With a token, every route needs
-``Authorization: Bearer <token>``, compared in constant time.
+``Authorization: Bearer <token>``, compared in constant time as the bytes that were sent (a header
+that is not UTF-8 is simply a wrong token: 401).
+
+The request structs carry the rules of ``shared.registry`` that a schema can state (lengths, no
+control characters, no blank names, known platform types, no unknown fields), so msgspec refuses
+what the registry would, and ``/openapi.json`` — generated from these structs — says so too.
 """
 
 from __future__ import annotations
@@ -18,17 +23,19 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import psycopg
 import structlog
 from aiohttp import web
+from msgspec import Meta
 
+from ingest_api.body import BodyInvalid, check_json
 from ingest_api.context import DB_POOL, SETTINGS
 from ingest_api.responses import ApiError, Detail, json_response
 from shared import registry
-from shared.registry import ManagementError
+from shared.registry import MAX_IDENTIFIER_LENGTH, MAX_NAME_LENGTH, ManagementError, PlatformType
 
 PREFIX = "/admin/v1"
 PATH_FIELDS = frozenset({"project_id", "platform_id", "key_id"})
@@ -41,32 +48,98 @@ Body = TypeVar("Body", bound=msgspec.Struct)
 
 # --------------------------------------------------------------------------------------------------
 # Request bodies. Unknown fields are refused: a misspelt "workflowId" must not be silently dropped.
+# Patterns are written for both Python's re (msgspec) and ECMA-262 (JSON Schema): explicit classes,
+# no \s (the two disagree on U+FEFF). Control characters are Unicode's Cc; whitespace is what
+# Python's str.strip() removes (shared.registry strips names and refuses padded identifiers).
+
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+_SPACE = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NAME_RULE = f"1-{MAX_NAME_LENGTH} characters, not only whitespace, no control characters"
+IDENTIFIER_RULE = (
+    f"1-{MAX_IDENTIFIER_LENGTH} characters, no control characters, no leading or trailing whitespace"
+)
+Name = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        pattern=f"^[^{_CONTROL}]*[^{_SPACE}{_CONTROL}][^{_CONTROL}]*$",
+        description=NAME_RULE + " (surrounding whitespace is dropped)",
+    ),
+]
+Identifier = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_IDENTIFIER_LENGTH,
+        pattern=f"^[^{_SPACE}{_CONTROL}](?:[^{_CONTROL}]*[^{_SPACE}{_CONTROL}])?$",
+        description=IDENTIFIER_RULE,
+    ),
+]
+OtlpServiceName = Annotated[
+    Identifier,
+    Meta(
+        description="OpenTelemetry traces whose resource service.name is this value route to the "
+        "platform (any type; unique within the project)"
+    ),
+]
+_RULES = {
+    "name": NAME_RULE,
+    "workflow_id": IDENTIFIER_RULE,
+    "chatflow_id": IDENTIFIER_RULE,
+    "otlp_service_name": IDENTIFIER_RULE,
+}
 
 
 class ProjectIn(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
+    name: Name
 
 
 class PlatformIn(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    type: str  # checked by shared.registry, whose message lists the valid types
-    workflow_id: str | None = None
-    chatflow_id: str | None = None
-    otlp_service_name: str | None = None
+    """``workflow_id`` is for n8n platforms only, ``chatflow_id`` for Flowise platforms only."""
+
+    name: Name
+    type: PlatformType
+    workflow_id: Identifier | None = None
+    chatflow_id: Identifier | None = None
+    otlp_service_name: OtlpServiceName | None = None
+
+
+# What the types cannot say: a routing id belongs to one platform type (shared.registry refuses it
+# on any other); stated on the request body in /openapi.json.
+PlatformInSchema = Annotated[
+    PlatformIn,
+    Meta(
+        extra_json_schema={
+            "allOf": [
+                {
+                    "if": {"properties": {"type": {"const": "n8n"}}},
+                    "else": {"properties": {"workflow_id": {"type": "null"}}},
+                },
+                {
+                    "if": {"properties": {"type": {"const": "flowise"}}},
+                    "else": {"properties": {"chatflow_id": {"type": "null"}}},
+                },
+            ]
+        }
+    ),
+]
 
 
 class PlatformPatch(msgspec.Struct, forbid_unknown_fields=True):
     """Any of the fields; ``null`` clears a routing identifier, an absent field is left alone."""
 
-    name: str | msgspec.UnsetType = msgspec.UNSET
-    workflow_id: str | msgspec.UnsetType | None = msgspec.UNSET
-    chatflow_id: str | msgspec.UnsetType | None = msgspec.UNSET
-    otlp_service_name: str | msgspec.UnsetType | None = msgspec.UNSET
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    workflow_id: Identifier | msgspec.UnsetType | None = msgspec.UNSET
+    chatflow_id: Identifier | msgspec.UnsetType | None = msgspec.UNSET
+    otlp_service_name: OtlpServiceName | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class KeyIn(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    platform_ids: list[uuid.UUID] | None = None  # absent, null or [] = unrestricted
+    """``platform_ids`` absent, null or ``[]``: the key may send to every platform of the project."""
+
+    name: Name
+    platform_ids: list[uuid.UUID] | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -106,7 +179,10 @@ def _admin(handler: Handler) -> Handler:
 def _authorize(request: web.Request) -> None:
     expected = request.app[SETTINGS].admin_token.encode()
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: encode them back the same way,
+    # so bytes that are not UTF-8 compare as what they are (a wrong token), never raise.
+    presented = token.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented, expected):
         raise ApiError(
             401,
             "UNAUTHORIZED",
@@ -139,27 +215,52 @@ def _validation_detail(exc: msgspec.ValidationError) -> Detail:
         field = _BACKTICKED.search(msg)
         if field:
             path = f"{path}.{field[1]}" if path else field[1]
+    elif msg.startswith(("Expected `str` matching regex", "Expected `str` of length")) and path in _RULES:
+        msg = f"{path} must be {_RULES[path]}"  # the rule, not the regex
     elif msg.startswith("Expected"):
         kind = "type_error"
     return Detail(kind, msg, path, "body")
 
 
+def _refuse_trailing_newline(body: msgspec.Struct) -> None:
+    """Python's ``$`` also matches before a final newline, ECMA-262's does not: refuse the one
+    string the shared patterns would let through, so the server is exactly as strict as the
+    schema says."""
+    for field in body.__struct_fields__:
+        value = getattr(body, field)
+        if field in _RULES and isinstance(value, str) and value.endswith("\n"):
+            msg = f"{field} must be {_RULES[field]}"
+            raise ApiError(
+                400, "VALIDATION_ERROR", f"invalid request body: {msg}", [Detail("value_error", msg, field)]
+            )
+
+
 async def _decode(request: web.Request, body_type: type[Body]) -> Body:
     raw = await request.read()
     try:
-        return msgspec.json.decode(raw, type=body_type)
+        check_json(raw)
+        body = msgspec.json.decode(raw, type=body_type)
+    except BodyInvalid as exc:
+        raise ApiError(400, "VALIDATION_ERROR", f"invalid request body: {exc.message}", exc.details) from None
+    except RecursionError:  # not reachable after check_json; a backstop, never a 500
+        msg = "the body is nested too deeply"
+        raise ApiError(
+            400, "VALIDATION_ERROR", f"invalid request body: {msg}", [Detail("too_deep", msg, "", "body")]
+        ) from None
     except msgspec.ValidationError as exc:
         detail = _validation_detail(exc)
         raise ApiError(400, "VALIDATION_ERROR", f"invalid request body: {detail.msg}", [detail]) from None
-    except msgspec.DecodeError:
+    except msgspec.DecodeError as exc:
         msg = (
-            "the body must be a JSON object"
+            f"the body must be a JSON object, and is not valid JSON ({exc})"
             if raw.strip()
             else "the body is empty; a JSON object is required"
         )
         raise ApiError(
             400, "VALIDATION_ERROR", f"invalid request body: {msg}", [Detail("json_invalid", msg, "", "body")]
         ) from None
+    _refuse_trailing_newline(body)
+    return body
 
 
 def _path_uuid(request: web.Request, segment: str, field: str) -> uuid.UUID:
