@@ -1,617 +1,477 @@
-"""``GET /openapi.json``: the whole public and admin API as an OpenAPI 3.1 document."""
+"""``GET /openapi.json``: the whole public and admin API as an OpenAPI 3.1 document.
+
+Every body schema — requests and answers — is generated (``msgspec.json.schema_components``) from
+the msgspec structs that decode requests (``ingest_api.body``, ``otlp_decode``, ``endpoints.batch``,
+``endpoints.admin``),
+that encode answers (``responses``, ``batch``, ``shared.registry``), or, for answers built by
+handlers as plain dicts, from the structs below; so the document says exactly what the server
+enforces and cannot drift from it. What types cannot state is attached to the struct where the
+rule is enforced (``Meta(extra_json_schema=...)``). This module only lays out the paths, their
+parameters (headers and path segments) and which schema answers which status.
+
+``tests/test_openapi.py`` compares the paths and methods with the app's router;
+``tests/test_fuzz_openapi.py`` runs Schemathesis against the running service with this document.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from functools import cache
-from typing import Any
+from typing import Annotated, Any, Literal
 
-REF = "#/components/schemas/"
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from ingest_api.body import MAX_JSON_DEPTH, TraceBodySchema
+from ingest_api.endpoints.admin import KeyIn, PlatformInSchema, PlatformPatch, ProjectIn
+from ingest_api.endpoints.batch import BatchAnswer, BatchItem, BatchRequest
+from ingest_api.endpoints.traces import EXTERNAL_ID_MAX, EXTERNAL_ID_RULE
+from ingest_api.otlp_decode import MAX_VALUE_DEPTH, OtlpRequest
+from ingest_api.responses import ErrorBody, Timestamp
+from shared.registry import ApiKey, CreatedKey, Platform, Project
+
+REF = "#/components/schemas/{name}"
+TRUE = Annotated[bool, Meta(extra_json_schema={"const": True})]
+
+
+# --------------------------------------------------------------------------------------------------
+# Answers that handlers build as dicts (endpoints/traces.py, otlp.py, trace_read.py; app.py): their shape
+
+
+class QueuedOtlpTrace(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    externalId: str
+    traceId: Annotated[str, Meta(pattern="^[0-9a-f]{32}$")]
+    platformId: uuid.UUID | None
+    spans: int
+
+
+class RejectedSpans(msgspec.Struct, kw_only=True):
+    spans: int
+    reason: str
+
+
+class Queued(msgspec.Struct, kw_only=True):
+    """``traces``, ``acceptedSpans``, ``rejectedSpans`` and ``rejected`` come with OTLP bodies only
+    (``id`` is then the first trace's)."""
+
+    id: uuid.UUID
+    externalId: str | None
+    platformId: uuid.UUID | None
+    status: Literal["queued"]
+    createdAt: dt.datetime
+    traces: list[QueuedOtlpTrace] | UnsetType = UNSET
+    acceptedSpans: int | UnsetType = UNSET
+    rejectedSpans: int | UnsetType = UNSET
+    rejected: list[RejectedSpans] | UnsetType = UNSET
+
+
+class Accepted(msgspec.Struct, kw_only=True):
+    """202: durable in Kafka."""
+
+    success: TRUE
+    message: str
+    timestamp: Timestamp
+    data: Queued
+
+
+class StoredTrace(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    platformId: uuid.UUID
+    externalId: str | None
+    bodyShape: Literal["spans", "data", "otlp"]
+    payload: Annotated[Any, Meta(description="The body as sent (OTLP: traceId and every span merged so far)")]
+    metadata: Any
+    externalMetadata: Any
+    receivedAt: dt.datetime
+    createdAt: dt.datetime
+    updatedAt: dt.datetime
+
+
+class TraceAnswer(msgspec.Struct, kw_only=True):
+    success: TRUE
+    message: str
+    timestamp: Timestamp
+    data: StoredTrace
+
+
+class PartialSuccess(msgspec.Struct, kw_only=True):
+    rejectedSpans: (
+        Annotated[int | str, Meta(description="int64: a decimal string in OTLP JSON")] | UnsetType
+    ) = UNSET
+    errorMessage: str | UnsetType = UNSET
+
+
+class ExportTraceServiceResponse(msgspec.Struct, kw_only=True):
+    """OTLP's answer (JSON mapping; protobuf when the request was protobuf)."""
+
+    partialSuccess: PartialSuccess | UnsetType = UNSET
+
+
+class RpcStatus(msgspec.Struct, kw_only=True):
+    """google.rpc.Status (JSON mapping; protobuf when the request was protobuf)."""
+
+    code: int | UnsetType = UNSET
+    message: str | UnsetType = UNSET
+    details: list[Any] | UnsetType = UNSET
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, bool]
+
+
+COMPONENTS: tuple[Any, ...] = (
+    TraceBodySchema,
+    BatchRequest,
+    BatchItem,
+    OtlpRequest,
+    ProjectIn,
+    PlatformInSchema,
+    PlatformPatch,
+    KeyIn,
+    ErrorBody,
+    Accepted,
+    BatchAnswer,
+    TraceAnswer,
+    ExportTraceServiceResponse,
+    RpcStatus,
+    Project,
+    Platform,
+    ApiKey,
+    CreatedKey,
+    Health,
+    Readiness,
+)
+
+
+def _tidy(node: Any) -> Any:
+    """Docstrings become descriptions (line breaks and indentation folded); a ``$ref`` with
+    keywords beside it (``Annotated[Struct, Meta(extra_json_schema=...)]``) becomes
+    ``allOf: [{$ref}]`` with them — the same in JSON Schema 2020-12, and read the same by tools
+    that still ignore a ``$ref``'s siblings as OpenAPI 3.0 did."""
+    if isinstance(node, dict):
+        tidy = {
+            k: " ".join(v.split()) if k == "description" and isinstance(v, str) else _tidy(v)
+            for k, v in node.items()
+        }
+        if "$ref" in tidy and len(tidy) > 1:
+            tidy = {"allOf": [{"$ref": tidy.pop("$ref")}, *tidy.pop("allOf", [])], **tidy}
+        return tidy
+    if isinstance(node, list):
+        return [_tidy(v) for v in node]
+    return node
+
+
+def _schemas() -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """(schema of each type in COMPONENTS, by name; the components)."""
+    refs, components = msgspec.json.schema_components(COMPONENTS, ref_template=REF)
+    names = [getattr(t, "__origin__", t).__name__ for t in COMPONENTS]  # Annotated[Struct, ...]: Struct
+    return dict(zip(names, _tidy(list(refs)), strict=True)), _tidy(components)
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths
 
 
 def _ref(name: str) -> dict[str, str]:
-    return {"$ref": REF + name}
+    return {"$ref": REF.format(name=name)}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(schema: dict[str, Any], description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
 
 
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+def _error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    return _json(_ref("ErrorBody"), description, **headers)
 
 
-UUID = {"type": "string", "format": "uuid"}
-OTLP_SERVICE_NAME = {
-    "type": ["string", "null"],
-    "description": "OpenTelemetry traces whose resource service.name is this value route to the platform "
-    "(any type; unique within the project)",
+def _otlp(schema: dict[str, Any], description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    """An OTLP answer: JSON for a JSON request, protobuf for a protobuf one."""
+    out = _json(schema, description, **headers)
+    out["content"]["application/x-protobuf"] = {
+        "schema": {**schema, "description": "The same message, protobuf-encoded (its JSON mapping shown)"}
+    }
+    return out
+
+
+RETRY_AFTER = {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying"}
+UUID_SCHEMA = msgspec.json.schema(uuid.UUID)
+BINARY = {"type": "string", "contentMediaType": "application/octet-stream"}
+CONTENT_ENCODING = {
+    "name": "Content-Encoding",
+    "in": "header",
+    "required": False,
+    "description": "Limits apply after decompression; case-insensitive",
+    "schema": {"type": "string", "enum": ["gzip", "x-gzip", "zstd", "identity"]},
 }
-TIME = {"type": "string", "format": "date-time"}
-ADMIN_ERRORS = {
-    "400": _error("Invalid body or path parameter"),
-    "401": _error("Missing or wrong admin token"),
-    "404": _error("Not found, or the admin API is off (no ADMIN_TOKEN)"),
+REQUEST_ID = {
+    "name": "x-request-id",
+    "in": "header",
+    "required": False,
+    "description": "External id: the trace is upserted by it (last write wins). "
+    + EXTERNAL_ID_RULE
+    + "; empty means none",
+    "schema": msgspec.json.schema(
+        Annotated[str, Meta(max_length=EXTERNAL_ID_MAX, pattern=r"^(?!otlp:)[\x20-\x7e]*$")]
+    ),
+}
+PUBLIC_ERRORS = {
+    "400": _error(
+        f"VALIDATION_ERROR: not JSON, not UTF-8, nested more than {MAX_JSON_DEPTH} levels, wrong shape, "
+        "bad UUID, conflicting platform ids, undecodable gzip/zstd"
+    ),
+    "401": _error("MISSING_API_KEY / INVALID_API_KEY"),
+    "413": _error("PAYLOAD_TOO_LARGE (MAX_BODY_BYTES, after decompression)"),
+    "415": _error("UNSUPPORTED_MEDIA_TYPE: Content-Type or Content-Encoding not accepted"),
+    "503": _error(
+        "SERVICE_UNAVAILABLE: Kafka could not take the write in time", **{"Retry-After": RETRY_AFTER}
+    ),
 }
 
-SCHEMAS: dict[str, Any] = {
-    "Detail": {
-        "type": "object",
-        "required": ["type", "msg", "path", "location"],
-        "properties": {
-            "type": {"type": "string"},
-            "msg": {"type": "string"},
-            "path": {"type": "string"},
-            "location": {"type": "string", "enum": ["body", "header", "path", "query", "server"]},
-        },
-    },
-    "Error": {
-        "type": "object",
-        "required": ["success", "timestamp", "error"],
-        "properties": {
-            "success": {"const": False},
-            "timestamp": TIME,
-            "error": {
-                "type": "object",
-                "required": ["code", "message", "details"],
-                "properties": {
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "details": {"type": "array", "items": _ref("Detail")},
-                },
-            },
-        },
-    },
-    "Span": {
-        "type": "object",
-        "required": ["span_id", "name"],
-        "properties": {
-            "span_id": {"type": "string", "minLength": 1},
-            "name": {"type": "string", "minLength": 1},
-            "parent_span_id": {"type": ["string", "null"]},
-            "attributes": {"type": ["object", "null"]},
-            "start_time_unix_nano": {"type": ["string", "integer", "null"], "pattern": "^[0-9]{1,20}$"},
-            "end_time_unix_nano": {"type": ["string", "integer", "null"], "pattern": "^[0-9]{1,20}$"},
-            "status": {
-                "type": ["object", "null"],
-                "required": ["code"],
-                "properties": {
-                    "code": {"type": "integer", "enum": [0, 1, 2]},
-                    "message": {"type": ["string", "null"]},
-                },
-            },
-            "events": {"type": ["array", "null"]},
-        },
-    },
-    "TraceCommon": {
-        "type": "object",
-        "properties": {
-            "metadata": {
-                "type": ["object", "null"],
-                "description": "Routing hints: workflowId (n8n), chatflowId (Flowise), mibo.platform_id",
-            },
-            "externalMetadata": {"type": ["object", "null"]},
-            "platformId": {**UUID, "type": ["string", "null"]},
-        },
-    },
-    "TraceBody": {
-        "oneOf": [
-            {
-                "title": "canonical",
-                "allOf": [
-                    _ref("TraceCommon"),
-                    {
-                        "type": "object",
-                        "required": ["spans"],
-                        "properties": {"spans": {"type": "array", "minItems": 1, "items": _ref("Span")}},
+
+def _public_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    api_key: list[dict[str, list[str]]] = [{"apiKey": []}]
+    return {
+        "/public/traces": {
+            "post": {
+                "tags": ["public"],
+                "summary": "Send one trace; answered 202 once Kafka acknowledged it",
+                "security": api_key,
+                "parameters": [REQUEST_ID, CONTENT_ENCODING],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": schemas["TraceBody"]},
+                        "application/x-protobuf": {
+                            "schema": {**BINARY, "description": "OTLP ExportTraceServiceRequest (protobuf)"}
+                        },
+                        "application/octet-stream": {
+                            "schema": {**BINARY, "description": "gzip of a trace body (what n8n sends)"}
+                        },
                     },
-                ],
-            },
-            {
-                "title": "legacy",
-                "allOf": [
-                    _ref("TraceCommon"),
-                    {
-                        "type": "object",
-                        "required": ["data"],
-                        "properties": {"data": {"not": {"type": "null"}}},
-                    },
-                ],
-            },
-        ]
-    },
-    "OtlpTraceRequest": {
-        "type": "object",
-        "required": ["resourceSpans"],
-        "description": "An OTLP ExportTraceServiceRequest in OTLP's JSON mapping (hex trace and span ids, "
-        "nanosecond times as strings); split into one trace per OTLP trace id",
-        "properties": {"resourceSpans": {"type": "array", "items": {"type": "object"}}},
-    },
-    "OtlpStatus": {
-        "type": "object",
-        "description": "google.rpc.Status (JSON mapping; protobuf when the request was protobuf)",
-        "properties": {"code": {"type": "integer"}, "message": {"type": "string"}},
-    },
-    "ExportTraceServiceResponse": {
-        "type": "object",
-        "description": "OTLP's answer (JSON mapping; protobuf when the request was protobuf)",
-        "properties": {
-            "partialSuccess": {
-                "type": "object",
-                "properties": {
-                    "rejectedSpans": {"type": ["string", "integer"]},
-                    "errorMessage": {"type": "string"},
+                },
+                "responses": {
+                    "202": _json(schemas["Accepted"], "Queued: durable in Kafka"),
+                    **PUBLIC_ERRORS,
+                    "403": _error("PLATFORM_NOT_ALLOWED: explicit platform outside a restricted key's scope"),
                 },
             }
         },
-    },
-    "Accepted": {
-        "type": "object",
-        "required": ["success", "message", "timestamp", "data"],
-        "properties": {
-            "success": {"const": True},
-            "message": {"type": "string"},
-            "timestamp": TIME,
-            "data": {
-                "type": "object",
-                "required": ["id", "status"],
-                "properties": {
-                    "id": UUID,
-                    "externalId": {"type": ["string", "null"]},
-                    "platformId": {**UUID, "type": ["string", "null"]},
-                    "status": {"const": "queued"},
-                    "createdAt": TIME,
-                    "traces": {
-                        "type": "array",
-                        "description": "OTLP bodies only: every trace queued (data.id is the first's)",
-                        "items": {
-                            "type": "object",
-                            "properties": {
-                                "id": UUID,
-                                "externalId": {"type": "string"},
-                                "traceId": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                                "platformId": {**UUID, "type": ["string", "null"]},
-                                "spans": {"type": "integer"},
-                            },
+        "/public/traces/batch": {
+            "post": {
+                "tags": ["public"],
+                "summary": "Send many traces; one result per item, answered once every queued item is "
+                "acknowledged",
+                "security": api_key,
+                "parameters": [CONTENT_ENCODING],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": schemas["BatchRequest"]}},
+                },
+                "responses": {
+                    "207": _json(schemas["BatchAnswer"], "One result per item (queued, rejected or failed)"),
+                    **PUBLIC_ERRORS,
+                },
+            }
+        },
+        "/v1/traces": {
+            "post": {
+                "tags": ["public"],
+                "summary": "OTLP/HTTP trace export (protobuf or JSON); answered once Kafka acknowledged every "
+                "trace of the request",
+                "description": f"Attribute values may nest arrayValue/kvlistValue at most {MAX_VALUE_DEPTH} "
+                "levels deep. Answers (errors too) are in the request's encoding.",
+                "security": api_key,
+                "parameters": [CONTENT_ENCODING],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-protobuf": {
+                            "schema": {**BINARY, "description": "ExportTraceServiceRequest (protobuf)"}
                         },
-                    },
-                    "acceptedSpans": {"type": "integer", "description": "OTLP bodies only"},
-                    "rejectedSpans": {"type": "integer", "description": "OTLP bodies only"},
-                    "rejected": {
-                        "type": "array",
-                        "description": "OTLP bodies only: refused spans and why",
-                        "items": {
-                            "type": "object",
-                            "properties": {"spans": {"type": "integer"}, "reason": {"type": "string"}},
-                        },
+                        "application/json": {"schema": schemas["OtlpRequest"]},
                     },
                 },
-            },
-        },
-    },
-    "BatchItem": {
-        "allOf": [
-            _ref("TraceBody"),
-            {"type": "object", "properties": {"externalId": {"type": "string", "maxLength": 255}}},
-        ]
-    },
-    "BatchBody": {
-        "type": "object",
-        "required": ["traces"],
-        "properties": {"traces": {"type": "array", "minItems": 1, "items": _ref("BatchItem")}},
-    },
-    "BatchResult": {
-        "type": "object",
-        "required": ["index", "status"],
-        "properties": {
-            "index": {"type": "integer"},
-            "status": {"type": "string", "enum": ["queued", "rejected", "failed"]},
-            "id": UUID,
-            "externalId": {"type": ["string", "null"]},
-            "platformId": {**UUID, "type": ["string", "null"]},
-            "error": {"$ref": REF + "Error/properties/error"},
-        },
-    },
-    "BatchAnswer": {
-        "type": "object",
-        "required": ["success", "message", "timestamp", "data"],
-        "properties": {
-            "success": {"type": "boolean", "description": "true when every item was queued"},
-            "message": {"type": "string"},
-            "timestamp": TIME,
-            "data": {
-                "type": "object",
-                "required": ["accepted", "rejected", "results"],
-                "properties": {
-                    "accepted": {"type": "integer"},
-                    "rejected": {"type": "integer"},
-                    "results": {"type": "array", "items": _ref("BatchResult")},
+                "responses": {
+                    "200": _otlp(
+                        schemas["ExportTraceServiceResponse"],
+                        "Accepted; partialSuccess says how many spans were refused and why",
+                    ),
+                    "400": _otlp(schemas["RpcStatus"], "The body is not an ExportTraceServiceRequest"),
+                    "401": _otlp(schemas["RpcStatus"], "Missing or invalid API key"),
+                    "413": _otlp(schemas["RpcStatus"], "Larger than MAX_BODY_BYTES after decompression"),
+                    "415": _otlp(schemas["RpcStatus"], "Neither application/x-protobuf nor application/json"),
+                    "503": _otlp(
+                        schemas["RpcStatus"],
+                        "Kafka did not acknowledge in time: retry",
+                        **{"Retry-After": RETRY_AFTER},
+                    ),
                 },
-            },
+            }
         },
-    },
-    "Project": {
-        "type": "object",
-        "required": ["id", "name", "created_at"],
-        "properties": {"id": UUID, "name": {"type": "string"}, "created_at": TIME},
-    },
-    "PlatformType": {"type": "string", "enum": ["n8n", "flowise", "http_api", "custom"]},
-    "Platform": {
-        "type": "object",
-        "required": [
-            "id",
-            "project_id",
-            "name",
-            "type",
-            "workflow_id",
-            "chatflow_id",
-            "otlp_service_name",
-            "created_at",
-        ],
-        "properties": {
-            "id": UUID,
-            "project_id": UUID,
-            "name": {"type": "string"},
-            "type": _ref("PlatformType"),
-            "workflow_id": {"type": ["string", "null"]},
-            "chatflow_id": {"type": ["string", "null"]},
-            "otlp_service_name": OTLP_SERVICE_NAME,
-            "created_at": TIME,
-        },
-    },
-    "PlatformRef": {
-        "type": "object",
-        "required": ["id", "name"],
-        "properties": {"id": UUID, "name": {"type": "string"}},
-    },
-    "KeyCommon": {
-        "type": "object",
-        "required": [
-            "id",
-            "project_id",
-            "name",
-            "masked",
-            "restricted",
-            "platform_ids",
-            "platforms",
-            "created_at",
-        ],
-        "properties": {
-            "id": UUID,
-            "project_id": UUID,
-            "name": {"type": "string"},
-            "masked": {"type": "string", "examples": ["mibo_...a1b2"]},
-            "restricted": {
-                "type": "boolean",
-                "description": "false: all platforms of the project; true: only platform_ids (possibly none left)",
-            },
-            "platform_ids": {"type": "array", "items": UUID},
-            "platforms": {"type": "array", "items": _ref("PlatformRef")},
-            "created_at": TIME,
-        },
-    },
-    "ApiKey": {
-        "allOf": [
-            _ref("KeyCommon"),
-            {
-                "type": "object",
-                "required": ["last_used_at"],
-                "properties": {"last_used_at": {"type": ["string", "null"], "format": "date-time"}},
-            },
-        ]
-    },
-    "CreatedKey": {
-        "allOf": [
-            _ref("KeyCommon"),
-            {
-                "type": "object",
-                "required": ["key"],
-                "properties": {"key": {"type": "string", "description": "the full key, returned only here"}},
-            },
-        ]
-    },
-}
-
-
-def _admin_paths() -> dict[str, Any]:
-    pid = {"name": "pid", "in": "path", "required": True, "schema": UUID}
-    item = {"name": "id", "in": "path", "required": True, "schema": UUID}
-    security = [{"adminToken": []}]
-    named = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
-    platform_in = {
-        "type": "object",
-        "required": ["name", "type"],
-        "properties": {
-            "name": {"type": "string"},
-            "type": _ref("PlatformType"),
-            "workflow_id": {"type": ["string", "null"]},
-            "chatflow_id": {"type": ["string", "null"]},
-            "otlp_service_name": OTLP_SERVICE_NAME,
+        "/public/traces/{id}": {
+            "get": {
+                "tags": ["public"],
+                "summary": "A stored trace of the key's project (404 until stored, or for another project's)",
+                "security": api_key,
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": UUID_SCHEMA}],
+                "responses": {
+                    "200": _json(schemas["TraceAnswer"], "The stored trace"),
+                    "400": _error("VALIDATION_ERROR: the id is not a UUID"),
+                    "401": _error("MISSING_API_KEY / INVALID_API_KEY"),
+                    "404": _error("NOT_FOUND: no such trace for this key (or not stored yet)"),
+                    "503": _error(
+                        "SERVICE_UNAVAILABLE: the database is not reachable", **{"Retry-After": RETRY_AFTER}
+                    ),
+                },
+            }
         },
     }
-    platform_patch = {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string"},
-            "workflow_id": {"type": ["string", "null"]},
-            "chatflow_id": {"type": ["string", "null"]},
-            "otlp_service_name": OTLP_SERVICE_NAME,
-        },
-    }
-    key_in = {
-        "type": "object",
-        "required": ["name"],
-        "properties": {"name": {"type": "string"}, "platform_ids": {"type": "array", "items": UUID}},
+
+
+def _admin_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    pid = {"name": "pid", "in": "path", "required": True, "schema": UUID_SCHEMA}
+    item = {"name": "id", "in": "path", "required": True, "schema": UUID_SCHEMA}
+    errors = {
+        "400": _error("VALIDATION_ERROR: invalid body or path parameter"),
+        "401": _error(
+            "UNAUTHORIZED: missing or wrong admin token",
+            **{"WWW-Authenticate": {"schema": {"type": "string"}}},
+        ),
+        "404": _error(
+            "NOT_FOUND: no such project, platform or key (or the admin API is off: no ADMIN_TOKEN)"
+        ),
     }
 
     def op(
-        summary: str, responses: dict[str, Any], body: dict[str, Any] | None = None, params=()
-    ) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+        summary: str, responses: dict[str, Any], body: str | None = None, params: tuple[Any, ...] = ()
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {
             "tags": ["admin"],
             "summary": summary,
-            "security": security,
-            "responses": {**responses, **ADMIN_ERRORS},
+            "security": [{"adminToken": []}],
+            "responses": {**responses, **errors},
         }
         if params:
             out["parameters"] = list(params)
         if body is not None:
-            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+            out["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": schemas[body]}},
+            }
+            out["responses"]["413"] = _error("PAYLOAD_TOO_LARGE")
         return out
 
     def listing(name: str) -> dict[str, Any]:
-        return _json({"type": "array", "items": _ref(name)}, f"All {name.lower()}s")
+        return _json({"type": "array", "items": schemas[name]}, f"Every {name}")
 
+    conflict = _error("CONFLICT: name or routing id taken")
     return {
         "/admin/v1/projects": {
             "post": op(
                 "Create a project",
-                {"201": _json(_ref("Project"), "Created"), "409": _error("Name taken")},
-                named,
+                {"201": _json(schemas["Project"], "Created"), "409": _error("CONFLICT: name taken")},
+                "ProjectIn",
             ),
             "get": op("List projects", {"200": listing("Project")}),
         },
         "/admin/v1/projects/{pid}/platforms": {
             "post": op(
                 "Create a platform",
-                {"201": _json(_ref("Platform"), "Created"), "409": _error("Name or routing id taken")},
-                platform_in,
-                [pid],
+                {"201": _json(schemas["Platform"], "Created"), "409": conflict},
+                "PlatformIn",
+                (pid,),
             ),
-            "get": op("List platforms", {"200": listing("Platform")}, params=[pid]),
+            "get": op("List platforms", {"200": listing("Platform")}, params=(pid,)),
         },
         "/admin/v1/projects/{pid}/platforms/{id}": {
             "patch": op(
                 "Rename a platform or change its routing ids",
-                {"200": _json(_ref("Platform"), "Updated"), "409": _error("Name or routing id taken")},
-                platform_patch,
-                [pid, item],
+                {"200": _json(schemas["Platform"], "Updated"), "409": conflict},
+                "PlatformPatch",
+                (pid, item),
             ),
-            "delete": op("Delete a platform", {"204": {"description": "Deleted"}}, params=[pid, item]),
+            "delete": op("Delete a platform", {"204": {"description": "Deleted"}}, params=(pid, item)),
         },
         "/admin/v1/projects/{pid}/keys": {
             "post": op(
                 "Create an API key (the full key is in this answer only)",
-                {"201": _json(_ref("CreatedKey"), "Created")},
-                key_in,
-                [pid],
+                {"201": _json(schemas["CreatedKey"], "Created")},
+                "KeyIn",
+                (pid,),
             ),
-            "get": op("List API keys (masked)", {"200": listing("ApiKey")}, params=[pid]),
+            "get": op("List API keys (masked)", {"200": listing("ApiKey")}, params=(pid,)),
         },
         "/admin/v1/projects/{pid}/keys/{id}": {
             "delete": op(
                 "Revoke (permanently delete) an API key",
                 {"204": {"description": "Revoked"}},
-                params=[pid, item],
+                params=(pid, item),
             ),
+        },
+    }
+
+
+def _service_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "/healthz": {"get": {"summary": "Alive", "responses": {"200": _json(schemas["Health"], "Alive")}}},
+        "/readyz": {
+            "get": {
+                "summary": "Kafka producer and key registry ready",
+                "responses": {
+                    "200": _json(schemas["Readiness"], "Ready"),
+                    "503": _json(schemas["Readiness"], "Not ready: checks says what is missing"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "Text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
+            }
         },
     }
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    public_headers = [
-        {
-            "name": "x-api-key",
-            "in": "header",
-            "required": True,
-            "schema": {"type": "string", "pattern": "^mibo_"},
-        },
-        {
-            "name": "x-request-id",
-            "in": "header",
-            "required": False,
-            "description": "External id: the trace is upserted by it within the project (last write wins)",
-            "schema": {"type": "string", "maxLength": 255},
-        },
-        {
-            "name": "Content-Encoding",
-            "in": "header",
-            "required": False,
-            "schema": {"type": "string", "enum": ["gzip", "zstd", "identity"]},
-        },
-    ]
+    schemas, components = _schemas()
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "mibo-ingest",
             "version": "1",
-            "description": "Trace ingestion compatible with Mibo's public trace API, and its admin API.",
+            "description": "Trace ingestion compatible with Mibo's public trace API, and its admin API. "
+            "Errors are {success: false, timestamp, error: {code, message, details}} (ErrorBody) "
+            "everywhere but on /v1/traces, which answers as OTLP/HTTP does (google.rpc.Status). "
+            f"Every JSON body must be UTF-8 and may nest at most {MAX_JSON_DEPTH} levels deep.",
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": components,
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
                 "adminToken": {"type": "http", "scheme": "bearer"},
             },
         },
-        "paths": {
-            "/public/traces": {
-                "post": {
-                    "tags": ["public"],
-                    "summary": "Send one trace; answered 202 once Kafka acknowledged it",
-                    "security": [{"apiKey": []}],
-                    "parameters": public_headers,
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"oneOf": [_ref("TraceBody"), _ref("OtlpTraceRequest")]}
-                            },
-                            "application/x-protobuf": {
-                                "schema": {
-                                    "type": "string",
-                                    "format": "binary",
-                                    "description": "OTLP ExportTraceServiceRequest (protobuf)",
-                                }
-                            },
-                            "application/octet-stream": {
-                                "schema": {
-                                    "type": "string",
-                                    "format": "binary",
-                                    "description": "gzip of a TraceBody",
-                                }
-                            },
-                        },
-                    },
-                    "responses": {
-                        "202": _json(_ref("Accepted"), "Queued: durable in Kafka"),
-                        "400": _error(
-                            "VALIDATION_ERROR: not JSON, wrong shape, bad UUID, conflicting platform ids"
-                        ),
-                        "401": _error("MISSING_API_KEY / INVALID_API_KEY"),
-                        "403": _error(
-                            "PLATFORM_NOT_ALLOWED: explicit platform outside a restricted key's scope"
-                        ),
-                        "413": _error("PAYLOAD_TOO_LARGE (limit applies after decompression)"),
-                        "415": _error("UNSUPPORTED_MEDIA_TYPE"),
-                        "503": {
-                            **_error("SERVICE_UNAVAILABLE: Kafka could not take the write in time"),
-                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-                        },
-                    },
-                }
-            },
-            "/public/traces/batch": {
-                "post": {
-                    "tags": ["public"],
-                    "summary": "Send many traces; one result per item, answered once all queued items are acknowledged",
-                    "security": [{"apiKey": []}],
-                    "parameters": [p for p in public_headers if p["name"] != "x-request-id"],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("BatchBody")}},
-                    },
-                    "responses": {
-                        "207": _json(_ref("BatchAnswer"), "One result per item (queued, rejected or failed)"),
-                        "400": _error("VALIDATION_ERROR: not {traces: [...]}, or too many items"),
-                        "401": _error("MISSING_API_KEY / INVALID_API_KEY"),
-                        "413": _error("PAYLOAD_TOO_LARGE"),
-                        "415": _error("UNSUPPORTED_MEDIA_TYPE"),
-                        "503": _error("SERVICE_UNAVAILABLE: no item could be queued"),
-                    },
-                }
-            },
-            "/v1/traces": {
-                "post": {
-                    "tags": ["public"],
-                    "summary": "OTLP/HTTP trace export (protobuf or JSON); answered once Kafka acknowledged "
-                    "every trace of the request",
-                    "security": [{"apiKey": []}],
-                    "parameters": [public_headers[0], public_headers[2]],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/x-protobuf": {
-                                "schema": {
-                                    "type": "string",
-                                    "format": "binary",
-                                    "description": "ExportTraceServiceRequest",
-                                }
-                            },
-                            "application/json": {"schema": _ref("OtlpTraceRequest")},
-                        },
-                    },
-                    "responses": {
-                        "200": _json(
-                            _ref("ExportTraceServiceResponse"),
-                            "Accepted; partialSuccess says how many spans were refused and why",
-                        ),
-                        "400": _json(_ref("OtlpStatus"), "The body is not an ExportTraceServiceRequest"),
-                        "401": _json(_ref("OtlpStatus"), "Missing or invalid API key"),
-                        "413": _json(_ref("OtlpStatus"), "Larger than MAX_BODY_BYTES after decompression"),
-                        "415": _json(
-                            _ref("OtlpStatus"), "Neither application/x-protobuf nor application/json"
-                        ),
-                        "503": {
-                            **_json(_ref("OtlpStatus"), "Kafka did not acknowledge in time: retry"),
-                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-                        },
-                    },
-                }
-            },
-            "/public/traces/{id}": {
-                "get": {
-                    "tags": ["public"],
-                    "summary": "A stored trace of the key's project (404 until stored, or for another project's)",
-                    "security": [{"apiKey": []}],
-                    "parameters": [
-                        public_headers[0],
-                        {"name": "id", "in": "path", "required": True, "schema": UUID},
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["success", "message", "timestamp", "data"],
-                                "properties": {
-                                    "success": {"const": True},
-                                    "message": {"type": "string"},
-                                    "timestamp": TIME,
-                                    "data": {
-                                        "type": "object",
-                                        "properties": {
-                                            "id": UUID,
-                                            "platformId": UUID,
-                                            "externalId": {"type": ["string", "null"]},
-                                            "bodyShape": {
-                                                "type": "string",
-                                                "enum": ["spans", "data", "otlp"],
-                                            },
-                                            "payload": {"type": "object", "description": "the body as sent"},
-                                            "metadata": {"type": ["object", "null"]},
-                                            "externalMetadata": {"type": ["object", "null"]},
-                                            "receivedAt": TIME,
-                                            "createdAt": TIME,
-                                            "updatedAt": TIME,
-                                        },
-                                    },
-                                },
-                            },
-                            "The stored trace",
-                        ),
-                        "400": _error("VALIDATION_ERROR: the id is not a UUID"),
-                        "401": _error("MISSING_API_KEY / INVALID_API_KEY"),
-                        "404": _error("NOT_FOUND: no such trace for this key (or not stored yet)"),
-                        "503": _error("SERVICE_UNAVAILABLE: the database is not reachable"),
-                    },
-                }
-            },
-            "/healthz": {"get": {"summary": "Alive", "responses": {"200": {"description": "Alive"}}}},
-            "/readyz": {
-                "get": {
-                    "summary": "Kafka producer and key registry ready",
-                    "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "Text exposition format"}},
-                }
-            },
-            "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
-            },
-            **_admin_paths(),
-        },
+        "paths": {**_public_paths(schemas), **_admin_paths(schemas), **_service_paths(schemas)},
     }
