@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install tools down status logs lint fmt bench chaos
+.PHONY: run test install tools down status logs lint fmt bench chaos fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,3 +54,9 @@ lint: install
 fmt: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# A longer property-based run against /openapi.json than the one in `make test` (about 2 min):
+# FUZZ_SECONDS of Schemathesis, more examples per operation, a new seed each run.
+fuzz: install
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-600} FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-500} FUZZ_SEED=$${FUZZ_SEED:-random} \
+	  $(BIN)/pytest tests/integration/test_fuzz_openapi.py -s --timeout=0
