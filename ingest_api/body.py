@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from ingest_api.responses import Detail
+from ingest_api.responses import Detail, detail_from_msgspec
 from shared.contracts.envelope import BodyShape, Hints
 
 MAX_JSON_DEPTH = 128
@@ -135,7 +135,6 @@ class BodyInvalid(Exception):
 
 
 _decoder = msgspec.json.Decoder(TraceBody)
-_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _UTF8_CHUNK = 64 * 1024
 # The depth check keeps only brackets (as +1/-1 bytes) and quotes.
 _OPEN, _CLOSE = b"\x01", b"\xff"
@@ -218,25 +217,6 @@ def check_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
         raise too_deep(max_depth)
 
 
-def _path(raw: str) -> str:
-    return raw.lstrip(".")
-
-
-def _from_msgspec(exc: msgspec.MsgspecError) -> Detail:
-    text = str(exc)
-    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
-        return Detail("json_invalid", f"Body is not valid JSON: {text}", "", "body")
-    match = _AT.search(text)
-    message, path = (text, "") if match is None else (text[: match.start()], _path(match["path"]))
-    if message.startswith("Object missing required field"):
-        kind = "missing"
-    elif ", got `" in message:
-        kind = "type_error"
-    else:
-        kind = "value_error"
-    return Detail(kind, message, path, "body")
-
-
 def _uuid(value: Any, path: str) -> uuid.UUID:
     if isinstance(value, str):
         try:
@@ -302,7 +282,7 @@ def parse_body(raw: bytes, *, checked: bool = False) -> ParsedBody:
     except RecursionError:  # not reachable after check_json; a backstop, never a 500
         raise too_deep() from None
     except msgspec.MsgspecError as exc:
-        detail = _from_msgspec(exc)
+        detail = detail_from_msgspec(exc)
         raise BodyInvalid(
             "Body is not valid JSON" if detail.type == "json_invalid" else "Invalid body", [detail]
         ) from None

@@ -6,16 +6,16 @@ Two encodings of ``ExportTraceServiceRequest`` arrive (OTLP/HTTP, opentelemetry-
 - JSON (``application/json``), OTLP's JSON mapping: lowerCamelCase keys, trace and span ids as
   hex strings (not proto3 JSON's base64 — so ``google.protobuf.json_format`` cannot parse it),
   64-bit integers and nanosecond times as decimal strings or numbers, enums as integers (names
-  are taken too), unknown fields ignored. Decoded by msgspec into the ``Otlp*`` structs below (also
+  are taken too), unknown fields ignored. DecodedExport by msgspec into the ``Otlp*`` structs below (also
   ``/openapi.json``'s schema of an OTLP JSON request).
 
-Both become the same plain structs (``shared.contracts.otlp.Span``), then :func:`group` splits them into
+Both become the same plain structs (``shared.contracts.otlp.CanonicalSpan``), then :func:`group` splits them into
 one :class:`Part` per (resource, trace id): spans of one trace sent by one resource, which is what
 one envelope carries. Splitting per resource as well as per trace keeps each part's routing hints
 (``service.name``, ``mibo.platform_id`` are resource attributes) unambiguous when a Collector
 batches several services' spans of one distributed trace into one request.
 
-What is refused, span by span (OTLP's partial success, counted in :class:`Rejected`): a trace id
+What is refused, span by span (OTLP's partial success, counted in :class:`RejectedSpans`): a trace id
 that is not 16 bytes or is all zeros, a span id that is not 8 bytes or is all zeros, a parent span
 id that is neither empty nor 8 bytes, a time that is not a Unix-nanosecond integer. A body that
 cannot be decoded at all raises :class:`OtlpInvalid` (the whole request is a 400), and so does
@@ -41,7 +41,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from ingest_api.body import BodyInvalid, check_json
 from shared.contracts.envelope import Hints
-from shared.contracts.otlp import Scope, Span, SpanEvent, SpanLink, SpanStatus
+from shared.contracts.otlp import CanonicalSpan, CanonicalStatus, Scope, SpanEvent, SpanLink
 
 PLATFORM_ATTRIBUTE = "mibo.platform_id"
 SERVICE_ATTRIBUTE = "service.name"
@@ -92,10 +92,10 @@ class Part(msgspec.Struct, frozen=True):
 
     trace_id: str  # 32 lowercase hex digits
     resource: dict[str, Any]
-    spans: list[Span]
+    spans: list[CanonicalSpan]
 
 
-class Rejected(msgspec.Struct, frozen=True):
+class RejectedSpans(msgspec.Struct, frozen=True):
     """``spans`` spans refused for ``reason`` (a sentence for OTLP's ``error_message``); ``kind``
     is ``invalid``, ``platform_not_allowed`` or ``too_large``."""
 
@@ -104,9 +104,9 @@ class Rejected(msgspec.Struct, frozen=True):
     kind: str = "invalid"
 
 
-class Decoded(msgspec.Struct, frozen=True):
+class DecodedExport(msgspec.Struct, frozen=True):
     parts: list[Part]
-    rejected: list[Rejected]
+    rejected: list[RejectedSpans]
 
     @property
     def rejected_spans(self) -> int:
@@ -118,7 +118,7 @@ class _Batch(msgspec.Struct, frozen=True):
     (or why a span was refused)."""
 
     resource: dict[str, Any]
-    spans: list[tuple[str, Span] | str]
+    spans: list[tuple[str, CanonicalSpan] | str]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,10 +155,10 @@ def _nanos(value: int | str | None) -> str | None:
     return None if int(text) == 0 else str(int(text))
 
 
-def _status(code: int, message: str | None) -> SpanStatus | None:
+def _status(code: int, message: str | None) -> CanonicalStatus | None:
     if code == 0 and not message:
         return None
-    return SpanStatus(code, message or None)
+    return CanonicalStatus(code, message or None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,9 +184,9 @@ def _pb_attributes(pairs: Iterable[KeyValue], depth: int = 0) -> dict[str, Any]:
     return {pair.key: _pb_value(pair.value, depth) for pair in pairs}
 
 
-def _pb_span(span: Any, scope: Scope | None) -> tuple[str, Span]:
+def _pb_span(span: Any, scope: Scope | None) -> tuple[str, CanonicalSpan]:
     trace_id = _trace_id(span.trace_id.hex())
-    return trace_id, Span(
+    return trace_id, CanonicalSpan(
         span_id=_span_id(span.span_id.hex()),
         name=span.name,
         parent_span_id=_parent_id(span.parent_span_id.hex()),
@@ -214,7 +214,7 @@ def _pb_span(span: Any, scope: Scope | None) -> tuple[str, Span]:
 
 def _pb_batches(request: ExportTraceServiceRequest) -> Iterator[_Batch]:
     for resource_spans in request.resource_spans:
-        spans: list[tuple[str, Span] | str] = []
+        spans: list[tuple[str, CanonicalSpan] | str] = []
         for scope_spans in resource_spans.scope_spans:
             scope = None
             if scope_spans.HasField("scope") and scope_spans.scope.name:
@@ -227,7 +227,7 @@ def _pb_batches(request: ExportTraceServiceRequest) -> Iterator[_Batch]:
         yield _Batch(_pb_attributes(resource_spans.resource.attributes), spans)
 
 
-def decode_protobuf(raw: bytes) -> Decoded:
+def decode_protobuf(raw: bytes) -> DecodedExport:
     """``application/x-protobuf``: raises :class:`OtlpInvalid` when the bytes do not parse."""
     try:
         request = ExportTraceServiceRequest.FromString(raw)
@@ -367,10 +367,10 @@ def _j_enum(value: int | str | None, names: dict[str, int], what: str) -> int:
     raise SpanInvalid(f"unknown {what} {value[:40]!r}")
 
 
-def _j_span(span: OtlpSpan, scope: Scope | None) -> tuple[str, Span]:
+def _j_span(span: OtlpSpan, scope: Scope | None) -> tuple[str, CanonicalSpan]:
     trace_id = _trace_id((span.traceId or "").lower())
     status = span.status
-    return trace_id, Span(
+    return trace_id, CanonicalSpan(
         span_id=_span_id((span.spanId or "").lower()),
         name=span.name or "",
         parent_span_id=_parent_id((span.parentSpanId or "").lower()),
@@ -401,7 +401,7 @@ def _j_span(span: OtlpSpan, scope: Scope | None) -> tuple[str, Span]:
 
 def _j_batches(request: OtlpRequest) -> Iterator[_Batch]:
     for resource_spans in request.resourceSpans or ():
-        spans: list[tuple[str, Span] | str] = []
+        spans: list[tuple[str, CanonicalSpan] | str] = []
         resource = resource_spans.resource
         broken: str | None
         try:
@@ -422,7 +422,7 @@ def _j_batches(request: OtlpRequest) -> Iterator[_Batch]:
         yield _Batch(attributes, spans)
 
 
-def decode_json(raw: bytes) -> Decoded:
+def decode_json(raw: bytes) -> DecodedExport:
     """``application/json`` in OTLP's JSON mapping: raises :class:`OtlpInvalid` when it is not."""
     try:
         check_json(raw)
@@ -441,13 +441,13 @@ def decode_json(raw: bytes) -> Decoded:
 # Grouping and routing inputs
 
 
-def group(batches: Iterable[_Batch]) -> Decoded:
+def group(batches: Iterable[_Batch]) -> DecodedExport:
     """One :class:`Part` per (resource, trace id), in the order traces first appear; refused spans
     counted by reason."""
     parts: list[Part] = []
     refused: dict[str, int] = {}
     for batch in batches:
-        traces: dict[str, dict[str, Span]] = {}
+        traces: dict[str, dict[str, CanonicalSpan]] = {}
         for item in batch.spans:
             if isinstance(item, str):
                 refused[item] = refused.get(item, 0) + 1
@@ -457,7 +457,7 @@ def group(batches: Iterable[_Batch]) -> Decoded:
         parts.extend(
             Part(trace_id, batch.resource, list(spans.values())) for trace_id, spans in traces.items()
         )
-    return Decoded(parts, [Rejected(count, reason) for reason, count in refused.items()])
+    return DecodedExport(parts, [RejectedSpans(count, reason) for reason, count in refused.items()])
 
 
 class Routing(msgspec.Struct, frozen=True):

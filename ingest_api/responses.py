@@ -15,6 +15,8 @@ ours reaches the 500 branch. Answers keep the route's own format: ``google.rpc.S
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -41,6 +43,40 @@ class Detail(msgspec.Struct, frozen=True):
     msg: str
     path: str = ""
     location: Annotated[str, Meta(extra_json_schema={"enum": list(LOCATIONS)})] = "body"  # one of LOCATIONS
+
+
+_MSGSPEC_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_BACKTICKED = re.compile(r"`([^`]*)`")
+
+
+def detail_from_msgspec(exc: msgspec.MsgspecError, rules: Mapping[str, str] | None = None) -> Detail:
+    """One msgspec error as an API detail — the one translation every JSON route uses.
+
+    msgspec says e.g. "Expected `str`, got `int` - at `$.spans[0].name`": the sentence is kept and
+    the field path named (``spans[0].name``); a missing or unknown field is named by the message
+    itself (``spans[0].span_id``). ``rules``: field path → the rule in words, said instead of a
+    regular expression or a length bound. Invalid JSON (not a validation error) is ``json_invalid``."""
+    text = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        return Detail("json_invalid", f"Body is not valid JSON: {text}", "", "body")
+    match = _MSGSPEC_AT.match(text)
+    msg = match["msg"] if match else text
+    path = ((match and match["path"]) or "").lstrip(".")
+    kind = "value_error"
+    if msg.startswith(("Object missing required field", "Object contains unknown field")):
+        kind = "missing" if "missing" in msg else "unknown_field"
+        field = _BACKTICKED.search(msg)
+        if field:
+            path = f"{path}.{field[1]}" if path else field[1]
+    elif (
+        rules
+        and path in rules
+        and msg.startswith(("Expected `str` matching regex", "Expected `str` of length"))
+    ):
+        msg = f"{path} must be {rules[path]}"  # the rule, not the regex
+    elif ", got `" in msg:  # "Expected `str`, got `int`"; a broken constraint stays value_error
+        kind = "type_error"
+    return Detail(kind, msg, path, "body")
 
 
 class ErrorInfo(msgspec.Struct):

@@ -127,7 +127,7 @@ _body_decoder = msgspec.json.Decoder(_BodyParts)
 
 
 class _OtlpBody(msgspec.Struct):
-    """An OTLP part's body (``shared.contracts.otlp.TraceBody``), spans kept as JSON text."""
+    """An OTLP part's body (``shared.contracts.otlp.TracePart``), spans kept as JSON text."""
 
     traceId: str
     resource: msgspec.Raw
@@ -143,7 +143,7 @@ _span_id_decoder = msgspec.json.Decoder(_SpanId)
 
 
 @dataclass(frozen=True, slots=True)
-class Decoded:
+class DecodedRecords:
     pending: list[Pending]
     invalid: list[Invalid]
 
@@ -236,7 +236,7 @@ def _otlp_row(envelope: RoutedEnvelope, body: bytes, source: Source) -> Pending 
     return Pending(row, source)
 
 
-def decode_records(records: Iterable[ConsumerRecord[bytes, bytes]]) -> Decoded:
+def decode_records(records: Iterable[ConsumerRecord[bytes, bytes]]) -> DecodedRecords:
     pending: list[Pending] = []
     invalid: list[Invalid] = []
     for record in records:
@@ -245,4 +245,4 @@ def decode_records(records: Iterable[ConsumerRecord[bytes, bytes]]) -> Decoded:
             pending.append(decoded)
         else:
             invalid.append(decoded)
-    return Decoded(pending, invalid)
+    return DecodedRecords(pending, invalid)

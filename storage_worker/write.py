@@ -96,7 +96,7 @@ PROJECT_FK = "fk_traces_project_id_projects"
 
 
 @dataclass(frozen=True, slots=True)
-class Rejected:
+class Refused:
     pending: Pending
     detail: str  # the database's message and which trace; becomes ``dlq-detail``
 
@@ -109,7 +109,7 @@ class WriteResult:
     how many the collapse found to be duplicates or stale inside the batch."""
 
     outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
-    rejected: list[Rejected] = field(default_factory=list)
+    rejected: list[Refused] = field(default_factory=list)
     orphaned: list[Pending] = field(default_factory=list)
     cancelled: list[Pending] = field(default_factory=list)
     duplicates: int = 0
@@ -257,7 +257,7 @@ async def _isolate(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending])
         if len(items) == 1:
             detail = refusal_detail(items[0].row, exc)
             log.warning("row refused by PostgreSQL", trace_id=str(items[0].row.id), detail=detail)
-            return WriteResult(rejected=[Rejected(items[0], detail)])
+            return WriteResult(rejected=[Refused(items[0], detail)])
     middle = len(items) // 2
     left = await _isolate(conn, items[:middle])
     return left.merge(await _isolate(conn, items[middle:]))

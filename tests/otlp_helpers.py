@@ -73,8 +73,10 @@ def hex_span_id(span: ReadableSpan) -> str:
     return format(span.context.span_id, "016x")
 
 
-def canonical_span(span_id: str, name: str = "op", parent: str | None = None, **extra: Any) -> otlp.Span:
-    return otlp.Span(
+def canonical_span(
+    span_id: str, name: str = "op", parent: str | None = None, **extra: Any
+) -> otlp.CanonicalSpan:
+    return otlp.CanonicalSpan(
         span_id=span_id,
         name=name,
         parent_span_id=parent,
@@ -90,7 +92,7 @@ def canonical_span(span_id: str, name: str = "op", parent: str | None = None, **
 def otlp_envelope(
     tenant: Tenant,
     trace_hex: str,
-    spans: list[otlp.Span],
+    spans: list[otlp.CanonicalSpan],
     *,
     received_at: dt.datetime,
     platform: uuid.UUID | None = None,
@@ -98,7 +100,7 @@ def otlp_envelope(
     part_id: uuid.UUID | None = None,
 ) -> RoutedEnvelope:
     """A routed envelope of one OTLP part, as the ingest API and router would write it."""
-    body = otlp.encode_body(otlp.TraceBody(trace_hex, resource or {"service.name": "shop"}, spans))
+    body = otlp.encode_body(otlp.TracePart(trace_hex, resource or {"service.name": "shop"}, spans))
     raw = RawEnvelope(
         trace_id=part_id or uuid7(int(received_at.timestamp() * 1000)),
         received_at=received_at,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -33,7 +32,7 @@ from msgspec import Meta
 
 from ingest_api.body import BodyInvalid, check_json
 from ingest_api.context import DB_POOL, SETTINGS
-from ingest_api.responses import ApiError, Detail, json_response
+from ingest_api.responses import ApiError, Detail, detail_from_msgspec, json_response
 from shared import registry
 from shared.registry import MAX_IDENTIFIER_LENGTH, MAX_NAME_LENGTH, ManagementError, PlatformType
 
@@ -83,7 +82,7 @@ OtlpServiceName = Annotated[
         "platform (any type; unique within the project)"
     ),
 ]
-_RULES = {
+RULES = {
     "name": NAME_RULE,
     "workflow_id": IDENTIFIER_RULE,
     "chatflow_id": IDENTIFIER_RULE,
@@ -199,37 +198,14 @@ def _api_error(err: ManagementError) -> ApiError:
     return ApiError(err.status, err.code, err.message, details)
 
 
-_MSGSPEC_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
-_BACKTICKED = re.compile(r"`([^`]*)`")
-
-
-def _validation_detail(exc: msgspec.ValidationError) -> Detail:
-    """msgspec says e.g. "Expected `str`, got `int` - at `$.name`": keep the sentence, name the
-    field path (``platform_ids[0]``); a missing or unknown field is named by the message itself."""
-    match = _MSGSPEC_AT.match(str(exc))
-    msg = match["msg"] if match else str(exc)
-    path = ((match and match["path"]) or "").lstrip(".")
-    kind = "value_error"
-    if msg.startswith(("Object missing required field", "Object contains unknown field")):
-        kind = "missing" if "missing" in msg else "unknown_field"
-        field = _BACKTICKED.search(msg)
-        if field:
-            path = f"{path}.{field[1]}" if path else field[1]
-    elif msg.startswith(("Expected `str` matching regex", "Expected `str` of length")) and path in _RULES:
-        msg = f"{path} must be {_RULES[path]}"  # the rule, not the regex
-    elif msg.startswith("Expected"):
-        kind = "type_error"
-    return Detail(kind, msg, path, "body")
-
-
 def _refuse_trailing_newline(body: msgspec.Struct) -> None:
     """Python's ``$`` also matches before a final newline, ECMA-262's does not: refuse the one
     string the shared patterns would let through, so the server is exactly as strict as the
     schema says."""
     for field in body.__struct_fields__:
         value = getattr(body, field)
-        if field in _RULES and isinstance(value, str) and value.endswith("\n"):
-            msg = f"{field} must be {_RULES[field]}"
+        if field in RULES and isinstance(value, str) and value.endswith("\n"):
+            msg = f"{field} must be {RULES[field]}"
             raise ApiError(
                 400, "VALIDATION_ERROR", f"invalid request body: {msg}", [Detail("value_error", msg, field)]
             )
@@ -248,7 +224,7 @@ async def _decode(request: web.Request, body_type: type[Body]) -> Body:
             400, "VALIDATION_ERROR", f"invalid request body: {msg}", [Detail("too_deep", msg, "", "body")]
         ) from None
     except msgspec.ValidationError as exc:
-        detail = _validation_detail(exc)
+        detail = detail_from_msgspec(exc, RULES)
         raise ApiError(400, "VALIDATION_ERROR", f"invalid request body: {detail.msg}", [detail]) from None
     except msgspec.DecodeError as exc:
         msg = (

@@ -39,10 +39,10 @@ from ingest_api.enqueue import unavailable
 from ingest_api.envelopes import envelope_for
 from ingest_api.otlp_decode import (
     PLATFORM_ATTRIBUTE,
-    Decoded,
+    DecodedExport,
     OtlpInvalid,
     Part,
-    Rejected,
+    RejectedSpans,
     SpanInvalid,
     decode_json,
     decode_protobuf,
@@ -80,7 +80,7 @@ class Queued(msgspec.Struct, frozen=True):
 
 class Outcome(msgspec.Struct, frozen=True):
     queued: list[Queued]
-    rejected: list[Rejected]
+    rejected: list[RejectedSpans]
 
     @property
     def rejected_spans(self) -> int:
@@ -95,7 +95,7 @@ class Outcome(msgspec.Struct, frozen=True):
 # Pure steps
 
 
-def decode(body: bytes, encoding: Encoding) -> Decoded:
+def decode(body: bytes, encoding: Encoding) -> DecodedExport:
     try:
         return decode_protobuf(body) if encoding == "protobuf" else decode_json(body)
     except OtlpInvalid as exc:
@@ -126,7 +126,7 @@ def _admit_part(
             f"this API key is restricted to specific platforms and platform {routing.platform_id} "
             f"(resource attribute {PLATFORM_ATTRIBUTE}) is not allowed",
         )
-    body = otlp.encode_body(otlp.TraceBody(part.trace_id, part.resource, part.spans))
+    body = otlp.encode_body(otlp.TracePart(part.trace_id, part.resource, part.spans))
     if len(body) > max_body_bytes:
         return ("too_large", f"a trace's spans from one resource exceed {max_body_bytes} bytes")
     external_id = otlp.external_id(part.trace_id)
@@ -145,8 +145,8 @@ def _admit_part(
 
 
 def admit(
-    key: KeyInfo, decoded: Decoded, received_at: dt.datetime, max_body_bytes: int
-) -> tuple[list[Admitted], list[Rejected]]:
+    key: KeyInfo, decoded: DecodedExport, received_at: dt.datetime, max_body_bytes: int
+) -> tuple[list[Admitted], list[RejectedSpans]]:
     """Every part as an envelope, or rejected (counted by reason): an invalid
     ``mibo.platform_id``, a platform outside a restricted key's scope, or a part whose canonical
     body is larger than a trace body may be. The decoder's own rejections come first."""
@@ -158,11 +158,13 @@ def admit(
             admitted.append(outcome)
         else:
             refused[outcome] = refused.get(outcome, 0) + len(part.spans)
-    rejected = decoded.rejected + [Rejected(count, text, kind) for (kind, text), count in refused.items()]
+    rejected = decoded.rejected + [
+        RejectedSpans(count, text, kind) for (kind, text), count in refused.items()
+    ]
     return admitted, rejected
 
 
-def error_message(rejected: list[Rejected]) -> str:
+def error_message(rejected: list[RejectedSpans]) -> str:
     """OTLP's ``partial_success.error_message``: what was refused and why, briefly."""
     parts = [f"{r.spans} span(s) rejected: {r.reason}" for r in rejected[:MAX_MESSAGE_REASONS]]
     if len(rejected) > MAX_MESSAGE_REASONS:
@@ -200,7 +202,7 @@ def _otlp_response(
 # The shell
 
 
-async def enqueue(app: web.Application, key: KeyInfo, decoded: Decoded) -> Outcome:
+async def enqueue(app: web.Application, key: KeyInfo, decoded: DecodedExport) -> Outcome:
     """Produce every admitted part and wait for all acknowledgements; 503 unless all were."""
     settings, metrics = app[SETTINGS], app[METRICS]
     admitted, rejected = admit(key, decoded, dt.datetime.now(dt.UTC), settings.max_body_bytes)

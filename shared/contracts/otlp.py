@@ -8,7 +8,7 @@ spans of many traces; the ingest API turns it into one envelope per trace (per r
 - ``external_id = "otlp:<32 hex digits of the OTLP trace id>"``, so the message key is
   ``<project>:otlp:<hex>``: every part of one trace lands on one partition, in order, and the
   storage worker merges them into one row identified by (project, external id);
-- ``body`` = :class:`TraceBody` as JSON: the OTLP trace id, the resource's attributes and the
+- ``body`` = :class:`TracePart` as JSON: the OTLP trace id, the resource's attributes and the
   spans converted to Mibo's canonical span fields.
 
 Why a canonical body instead of forwarding the request bytes: one request is split per trace
@@ -56,7 +56,7 @@ def stored_trace_id(project_id: uuid.UUID, platform_id: uuid.UUID, otlp_external
     return uuid.uuid5(_NAMESPACE, f"{project_id}/{platform_id}/{otlp_external_id}")
 
 
-class SpanStatus(msgspec.Struct, frozen=True, omit_defaults=True):
+class CanonicalStatus(msgspec.Struct, frozen=True, omit_defaults=True):
     """OTLP's status: ``code`` 0 unset, 1 ok, 2 error (Mibo's codes are the same)."""
 
     code: int
@@ -83,7 +83,7 @@ class Scope(msgspec.Struct, frozen=True, omit_defaults=True):
     version: str | None = None
 
 
-class Span(msgspec.Struct, frozen=True, omit_defaults=True):
+class CanonicalSpan(msgspec.Struct, frozen=True, omit_defaults=True):
     """A span in Mibo's canonical fields (always present) plus OTLP's extras (only when set).
 
     Ids are lowercase hex (16 digits for span ids); times are decimal strings of Unix nanoseconds
@@ -96,7 +96,7 @@ class Span(msgspec.Struct, frozen=True, omit_defaults=True):
     start_time_unix_nano: str | None
     end_time_unix_nano: str | None
     attributes: dict[str, Any]
-    status: SpanStatus | None
+    status: CanonicalStatus | None
     events: list[SpanEvent]
     kind: int = 0  # OTLP SpanKind: 0 unspecified, 1 internal, 2 server, 3 client, 4 producer, 5 consumer
     links: list[SpanLink] = []
@@ -104,16 +104,16 @@ class Span(msgspec.Struct, frozen=True, omit_defaults=True):
     scope: Scope | None = None
 
 
-class TraceBody(msgspec.Struct, frozen=True):
+class TracePart(msgspec.Struct, frozen=True):
     """One envelope's body: part of one OTLP trace, as sent by one resource."""
 
     traceId: str  # 32 lowercase hex digits (camelCase like the other top-level body fields)
     resource: dict[str, Any]  # the resource's attributes, e.g. {"service.name": "checkout"}
-    spans: list[Span]
+    spans: list[CanonicalSpan]
 
 
 _encoder = msgspec.json.Encoder()
 
 
-def encode_body(body: TraceBody) -> bytes:
+def encode_body(body: TracePart) -> bytes:
     return _encoder.encode(body)

@@ -32,7 +32,9 @@ def new_trace() -> str:
     return uuid.uuid4().hex
 
 
-def part(tenant: Tenant, trace_hex: str, *spans: otlp.Span, at: dt.datetime = T0, **kwargs) -> Pending:  # type: ignore[no-untyped-def]
+def part(
+    tenant: Tenant, trace_hex: str, *spans: otlp.CanonicalSpan, at: dt.datetime = T0, **kwargs
+) -> Pending:  # type: ignore[no-untyped-def]
     decoded = decode_record(
         consumer_record(encode(otlp_envelope(tenant, trace_hex, list(spans), received_at=at, **kwargs)))
     )

@@ -71,7 +71,7 @@ def test_data_may_be_any_value_but_null() -> None:
         ({"spans": "x"}, "spans", "type_error"),
         ({"spans": [{"span_id": "a", "name": "x"}], "data": 1}, "spans", "conflict"),
         ({"spans": []}, "spans", "value_error"),
-        ({"spans": [{"name": "x"}]}, "spans[0]", "missing"),
+        ({"spans": [{"name": "x"}]}, "spans[0].span_id", "missing"),  # the missing field itself
         ({"spans": [{"span_id": 1, "name": "x"}]}, "spans[0].span_id", "type_error"),
         (
             {"spans": [{"span_id": "a", "name": "x", "start_time_unix_nano": "12.5"}]},

@@ -21,8 +21,8 @@ from ingest_api.body import (
 )
 from ingest_api.endpoints import admin
 from ingest_api.endpoints.batch import BATCH_NESTING, _decode_batch, _external_id
-from ingest_api.otlp_decode import MAX_VALUE_DEPTH, Decoded, OtlpInvalid, decode_json, decode_protobuf
-from ingest_api.responses import ApiError
+from ingest_api.otlp_decode import MAX_VALUE_DEPTH, DecodedExport, OtlpInvalid, decode_json, decode_protobuf
+from ingest_api.responses import ApiError, detail_from_msgspec
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 SPAN = "b7ad6b7169203331"
@@ -228,7 +228,7 @@ def _protobuf_request(depth: int, kind: str = "arrayValue", where: str = "span")
     return _field(1, _field(2, _field(2, span)))  # resource_spans{scope_spans{spans}}
 
 
-def _deep_attribute(decoded: Decoded, where: str) -> object:
+def _deep_attribute(decoded: DecodedExport, where: str) -> object:
     span = decoded.parts[0].spans[0]
     return span.events[0].attributes["deep"] if where == "event" else span.attributes["deep"]
 
@@ -333,6 +333,6 @@ def test_platform_bodies(body: dict, ok: bool) -> None:
 def test_admin_rule_violations_name_the_rule_not_the_regex() -> None:
     with pytest.raises(msgspec.ValidationError) as info:
         msgspec.json.decode(b'{"name": "   "}', type=admin.ProjectIn)
-    detail = admin._validation_detail(info.value)
+    detail = detail_from_msgspec(info.value, admin.RULES)
     assert detail.path == "name" and detail.msg == f"name must be {admin.NAME_RULE}"
     assert "regex" not in detail.msg

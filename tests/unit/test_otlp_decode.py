@@ -74,7 +74,7 @@ def test_sdk_spans_become_one_part_in_canonical_fields(encoding: str) -> None:
     assert by_name["charge card"].parent_span_id == root.span_id
     assert by_name["charge card"].attributes == {"amount": 12.5, "ok": True}
     assert by_name["charge card"].status is None  # unset
-    assert by_name["reserve stock"].status == otlp.SpanStatus(2, "out of stock")
+    assert by_name["reserve stock"].status == otlp.CanonicalStatus(2, "out of stock")
 
 
 def test_json_and_protobuf_decode_to_the_same_parts() -> None:
@@ -150,7 +150,7 @@ def test_otlp_json_details() -> None:
         "1544712661000000000",
     )
     assert span.attributes == {"big": 9007199254740993, "bytes": "AQI=", "nested": {"x": [1.5, None]}}
-    assert span.status == otlp.SpanStatus(1) and span.scope == otlp.Scope("lib")
+    assert span.status == otlp.CanonicalStatus(1) and span.scope == otlp.Scope("lib")
 
 
 def test_invalid_spans_are_counted_and_the_rest_kept() -> None:
@@ -241,7 +241,7 @@ def test_admit_builds_one_envelope_per_part_keyed_by_the_otlp_trace_id() -> None
         assert (envelope.platform_id, envelope.hints) == (PLATFORM, Hints(service_name="checkout"))
         assert (envelope.key_restricted, envelope.key_scope, envelope.received_at) == (True, [PLATFORM], now)
         assert queued.platform_id == PLATFORM
-        body = msgspec.json.decode(bytes(envelope.body), type=otlp.TraceBody)
+        body = msgspec.json.decode(bytes(envelope.body), type=otlp.TracePart)
         assert (body.traceId, body.resource, body.spans) == (part.trace_id, part.resource, part.spans)
     assert len({a.queued.envelope.trace_id for a in admitted}) == 3  # each part its own envelope id
 
@@ -264,10 +264,11 @@ def test_admit_rejects_out_of_scope_platforms_invalid_platform_ids_and_huge_part
 
 
 def test_partial_success_answer_in_both_encodings() -> None:
-    from ingest_api.otlp_decode import Rejected
+    from ingest_api.otlp_decode import RejectedSpans
 
     outcome = Outcome(
-        [], [Rejected(2, "platform X is not allowed", "platform_not_allowed"), Rejected(1, "bad id")]
+        [],
+        [RejectedSpans(2, "platform X is not allowed", "platform_not_allowed"), RejectedSpans(1, "bad id")],
     )
     assert (
         error_message(outcome.rejected)
