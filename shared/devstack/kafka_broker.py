@@ -7,7 +7,9 @@ log directory and runs ``kafka.Kafka`` with ``java``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import os
 import re
 import shutil
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.devstack import processes
+from shared.devstack.listeners import Answer, accepts
 
 HERE = Path(__file__).parent
 POM = HERE / "kafka-pom.xml"
@@ -129,8 +132,39 @@ class Broker:
             stdout=subprocess.DEVNULL,
         )
 
+    def cluster_id(self) -> str | None:
+        """This broker's cluster id, from the ``meta.properties`` its storage was formatted with."""
+        try:
+            text = (self.home / "data" / "meta.properties").read_text()
+        except OSError:
+            return None
+        match = re.search(r"^cluster\.id=(\S+)", text, re.MULTILINE)
+        return match.group(1) if match else None
+
+    def running(self) -> int | None:
+        """The pid of this stack's broker (a java process started with this folder's properties)."""
+        return processes.running(self.pidfile, expect=str(self.properties))
+
+    def listening_ports(self) -> tuple[int, int] | None:
+        """(port, controller port) the running broker was started with, from its properties."""
+        try:
+            text = self.properties.read_text()
+        except OSError:
+            return None
+        plain = re.search(r"^listeners=.*PLAINTEXT://[^:,]+:(\d+)", text, re.MULTILINE)
+        ctrl = re.search(r"^listeners=.*CONTROLLER://[^:,]+:(\d+)", text, re.MULTILINE)
+        return (int(plain.group(1)), int(ctrl.group(1))) if plain and ctrl else None
+
+    def bind_failure(self, log_offset: int) -> int | None:
+        """The port this broker could not bind, from what its log says after ``log_offset``."""
+        text = processes.log_since(self.logfile, log_offset)
+        match = re.search(r"failed to bind to [^\s:]+:(\d+): Address already in use", text)
+        if match:
+            return int(match.group(1))
+        return -1 if "Address already in use" in text else None
+
     def start(self) -> int:
-        if pid := processes.running(self.pidfile):
+        if pid := self.running():
             return pid
         self.write_properties()
         self.format_storage()
@@ -140,3 +174,31 @@ class Broker:
             logfile=self.logfile,
             env=os.environ,
         )
+
+
+def probe(port: int, timeout: float = 2.0) -> Answer:
+    """Ask whatever listens on 127.0.0.1:``port`` for Kafka metadata; its cluster id is who it is."""
+    if not accepts(port):
+        return Answer(False)
+
+    async def ask() -> str | None:
+        from aiokafka.conn import create_conn
+        from aiokafka.protocol.metadata import MetadataRequest
+
+        conn = await create_conn("127.0.0.1", port, request_timeout_ms=int(timeout * 1000))
+        try:
+            metadata = await conn.send(MetadataRequest([]))
+        finally:
+            conn.close()
+        return getattr(metadata, "cluster_id", None)
+
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        cluster = asyncio.run(asyncio.wait_for(ask(), timeout))
+    except Exception as exc:
+        return Answer(True, None, f"something that does not answer as a Kafka broker ({type(exc).__name__})")
+    finally:
+        quiet.setLevel(level)
+    return Answer(True, cluster, f"a Kafka broker with cluster id {cluster}")

@@ -34,9 +34,48 @@ def alive(pid: int | None) -> bool:
     return True
 
 
-def running(pidfile: Path) -> int | None:
+def running(pidfile: Path, *, expect: str | None = None) -> int | None:
+    """The live pid of ``pidfile``. With ``expect``: only when its command line contains it, so a
+    pid that an unrelated process reused (after a reboot, say) is not taken for ours; a command
+    line that cannot be read passes."""
     pid = read_pid(pidfile)
-    return pid if alive(pid) else None
+    if not alive(pid):
+        return None
+    assert pid is not None
+    if expect is not None:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+        except OSError:
+            return pid
+        if argv and expect not in argv:
+            return None
+    return pid
+
+
+def log_size(logfile: Path) -> int:
+    """Where a log ends now: what a start appends comes after it."""
+    try:
+        return logfile.stat().st_size
+    except OSError:
+        return 0
+
+
+def log_since(logfile: Path, offset: int) -> str:
+    try:
+        with open(logfile, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class PortInUse(SystemExit):
+    """A component could not bind its port: another process took it first."""
+
+    def __init__(self, component: str, port: int | None, message: str) -> None:
+        super().__init__(message)
+        self.component = component
+        self.port = port
 
 
 def start(

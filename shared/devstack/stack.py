@@ -1,30 +1,50 @@
 """``mibo-ingest dev up | down | status | logs``: the whole local stack, managed by pid.
 
-State lives in one folder (``.devstack/`` by default): ``state.json`` (ports, secrets, which
-parts are ours), ``env`` (shell-sourceable), and one sub-folder per component with its pid and
-log. ``up`` is idempotent: what already runs is left running.
+State lives in one folder (``.devstack/`` by default): ``ports.json`` (the ports this stack
+chose), ``state.json`` (secrets, which parts are external), ``env`` (shell-sourceable), ``lock``,
+and one sub-folder per component with its pid and log. ``up`` is idempotent: what already runs is
+left running.
+
+Several stacks share one machine (one per checkout, plus the test suite's), so ``up`` never takes
+"something answers on my port" for "my component runs": what answers must prove it is this stack's
+own. Kafka by its cluster id (``meta.properties`` in this stack's data dir against what the
+broker reports in its metadata), PostgreSQL by its data directory (``SHOW data_directory``), the
+services by the listening socket belonging to the process of their pid file (``/proc``). A saved
+port that something else holds is given up for a new free one (``ports.json`` and ``env`` are
+rewritten); a start that loses a race for its port ("Address already in use", or a shared
+``SO_REUSEPORT`` listener) is retried on new ports. Two ``up`` in the same folder are serialised
+by ``flock`` on ``lock``: the second waits, then finds the first one's stack running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import fcntl
 import importlib.util
 import json
 import os
+import re
 import secrets
-import socket
+import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.devstack import processes
+from shared.devstack import kafka_broker, listeners, postgres, processes
 from shared.devstack.kafka_broker import Broker, ensure_jars
+from shared.devstack.listeners import Owner, free_port, port_free
 from shared.devstack.postgres import Postgres
 
 SERVICES = ("ingest_api", "router_worker", "storage_worker")
+SERVICE_PORTS = {
+    "ingest_api": "ingest",
+    "router_worker": "router_metrics",
+    "storage_worker": "storage_metrics",
+}
 DEFAULT_PORTS = {
     "kafka": 9092,
     "kafka_controller": 9093,
@@ -33,22 +53,20 @@ DEFAULT_PORTS = {
     "router_metrics": 9101,
     "storage_metrics": 9102,
 }
+# Variables a service does not read: a change in them is no reason to restart it.
+UNREAD = {
+    "ingest_api": {"ROUTER_METRICS_PORT", "STORAGE_METRICS_PORT"},
+    "router_worker": {"INGEST_HOST", "INGEST_PORT", "INGEST_URL", "STORAGE_METRICS_PORT"},
+    "storage_worker": {"INGEST_HOST", "INGEST_PORT", "INGEST_URL", "ROUTER_METRICS_PORT"},
+}
+ATTEMPTS = 5  # moves of one port in one `up` before it gives up with a one-line fix
+ROOT_VAR = "MIBO_DEVSTACK_ROOT"  # set in each service's environment: whose process it is
+UP_STATES = ("up (pid", "external", "not built", "not started")  # status rows that are not a problem
 
+Say = Callable[[str], None]
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# free_port stays importable from here, where it lived before listeners.py.
+__all__ = ["DEFAULT_PORTS", "SERVICES", "Stack", "State", "free_port", "service_exists"]
 
 
 def service_exists(name: str) -> bool:
@@ -60,12 +78,13 @@ def service_exists(name: str) -> bool:
 
 @dataclass
 class State:
-    ports: dict[str, int] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)  # saved in ports.json, the rest in state.json
     admin_token: str = ""
     key_pepper: str = ""
     external_database_url: str = ""  # set when DATABASE_URL came from the environment
     external_kafka: str = ""  # set when KAFKA_BOOTSTRAP_SERVERS came from the environment
     topic_prefix: str = ""
+    services: bool = True  # whether the services belong to the stack (not after `up --no-services`)
 
 
 class Stack:
@@ -74,6 +93,7 @@ class Stack:
         self.random_ports = random_ports
         self.cache_dir = (cache_dir or Path(os.environ.get("MIBO_CACHE_DIR", ".cache"))).resolve()
         self.state = self._load_state()
+        self._moves: dict[str, int] = {}  # per port name, in this `up`
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -81,31 +101,85 @@ class Stack:
         return self.root / "state.json"
 
     @property
+    def ports_file(self) -> Path:
+        return self.root / "ports.json"
+
+    @property
     def env_file(self) -> Path:
         return self.root / "env"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "lock"
+
     def _load_state(self) -> State:
         try:
-            return State(**json.loads(self.state_file.read_text()))
-        except (OSError, ValueError, TypeError):
-            return State()
+            data = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            data = {}
+        ports = data.pop("ports", {})  # stacks created before ports.json kept them here
+        with contextlib.suppress(OSError, ValueError):
+            ports = json.loads(self.ports_file.read_text())
+        known = {f.name for f in dataclasses.fields(State)}
+        state = State(**{k: v for k, v in data.items() if k in known})
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            state.ports = {str(name): int(port) for name, port in ports.items()}
+        return state
 
     def _save_state(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps(self.state.__dict__, indent=2) + "\n")
-        self.state_file.chmod(0o600)
+        rest = {k: v for k, v in dataclasses.asdict(self.state).items() if k != "ports"}
+        _write_atomic(self.state_file, json.dumps(rest, indent=2) + "\n", mode=0o600)
+        _write_atomic(self.ports_file, json.dumps(self.state.ports, indent=2) + "\n", mode=0o644)
 
     def _assign_ports(self) -> None:
         for name, default in DEFAULT_PORTS.items():
             if name in self.state.ports:
                 continue
             taken = set(self.state.ports.values())
-            port = (
-                default
-                if not self.random_ports and _port_free(default) and default not in taken
-                else free_port()
-            )
-            self.state.ports[name] = port
+            use_default = not self.random_ports and default not in taken and port_free(default)
+            self.state.ports[name] = default if use_default else free_port(avoid=taken)
+
+    def _move(self, name: str, say: Say, occupant: str | None = None) -> None:
+        """Give up port ``name`` (held by ``occupant``) for a new free one and save the choice;
+        after ``ATTEMPTS`` moves of one port in one ``up``, stop with a one-line fix instead."""
+        old = self.state.ports[name]
+        self._moves[name] = self._moves.get(name, 0) + 1
+        if self._moves[name] > ATTEMPTS:
+            raise SystemExit(self._fix(name, old, occupant or "another process"))
+        self.state.ports[name] = free_port(avoid=set(self.state.ports.values()))
+        self._save_state()
+        if self.env_file.exists():
+            self._write_env()
+        new = self.state.ports[name]
+        if occupant:
+            say(f"{name}: port {old} is taken by {occupant}; moving to {new}")
+        else:
+            say(f"{name}: moving from port {old} to {new} too")
+
+    @contextlib.contextmanager
+    def _locked(self, say: Say) -> Iterator[None]:
+        """Hold ``lock`` (flock): one ``up``/``down`` at a time in this folder."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "?"
+                say(f"waiting for the `dev` command already running in {self.root} (pid {holder})")
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            try:
+                self.state = self._load_state()  # what the previous holder saved
+                yield
+            finally:
+                fh.seek(0)
+                fh.truncate()
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- components ----------------------------------------------------------------------------
     @property
@@ -151,54 +225,185 @@ class Stack:
     # -- up ------------------------------------------------------------------------------------
     def up(self, *, services: bool = True, log: bool = True) -> dict[str, str]:
         say = _printer(log)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._assign_ports()
-        self.state.admin_token = self.state.admin_token or secrets.token_urlsafe(24)
-        self.state.key_pepper = self.state.key_pepper or secrets.token_urlsafe(32)
-        env_db = os.environ.get("DATABASE_URL", "")
-        if env_db and env_db != self.postgres.url:
-            self.state.external_database_url = env_db
-        env_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-        if env_kafka and env_kafka != self.broker.bootstrap:
-            self.state.external_kafka = env_kafka
-        self._save_state()
+        self._moves = {}
+        with self._locked(say):
+            self._assign_ports()
+            self.state.admin_token = self.state.admin_token or secrets.token_urlsafe(24)
+            self.state.key_pepper = self.state.key_pepper or secrets.token_urlsafe(32)
+            self._take_external_endpoints(say)
+            self.state.services = services or any(self._service_pid(n) for n in SERVICES)
+            self._save_state()
 
-        if not self.state.external_kafka:
-            say("kafka: fetching broker jars (cached after the first time)")
-            ensure_jars(self.cache_dir)
-            pid = self.broker.start()
-            say(f"kafka: pid {pid} on {self.broker.bootstrap}")
-        if not self.state.external_database_url:
-            pid = self.postgres.start()
-            say(f"postgres: pid {pid} on 127.0.0.1:{self.postgres.port}")
+            kafka_started = None
+            if not self.state.external_kafka:
+                say("kafka: fetching broker jars (cached after the first time)")
+                ensure_jars(self.cache_dir)
+                kafka_started = self._start_kafka(say)
+            if not self.state.external_database_url:
+                self._ensure_postgres(say)
+            if kafka_started:
+                self._ensure_kafka(say, kafka_started)
+            self._wait_external(say)
 
-        self._wait_ready(say)
-        from shared.db.migrate import upgrade
+            from shared.db.migrate import upgrade
 
-        upgrade(self.database_url)
-        say("database: migrations applied")
-        asyncio.run(self._ensure_topics())
-        say("kafka: topics ready")
-        self._write_env()
-        if services:
-            self.start_services(say)
+            upgrade(self.database_url)
+            say("database: migrations applied")
+            asyncio.run(self._ensure_topics())
+            say("kafka: topics ready")
+            self._write_env()
+            if services:
+                self.start_services(say)
+            self._write_env()  # a service may have moved
         return self.service_env()
 
-    def _wait_ready(self, say, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    def _take_external_endpoints(self, say: Say) -> None:
+        """DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS in the environment are used instead of starting
+        PostgreSQL / Kafka, unless they are this stack's own (say, from a sourced ``env`` written
+        before the stack moved to other ports)."""
+        previous = _read_env(self.env_file)
+        env_db = os.environ.get("DATABASE_URL", "")
+        own_db = {self.postgres.url} | (
+            set() if self.state.external_database_url else {previous.get("DATABASE_URL")}
+        )
+        if env_db and env_db not in own_db:
+            self.state.external_database_url = env_db
+        env_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        own_kafka = {self.broker.bootstrap} | (
+            set() if self.state.external_kafka else {previous.get("KAFKA_BOOTSTRAP_SERVERS")}
+        )
+        if env_kafka and env_kafka not in own_kafka:
+            self.state.external_kafka = env_kafka
+        if self.state.external_kafka:
+            say(f"kafka: using {self.state.external_kafka} (KAFKA_BOOTSTRAP_SERVERS), not starting a broker")
+        if self.state.external_database_url:
+            say(f"postgres: using {_hide_password(self.state.external_database_url)} (DATABASE_URL)")
+
+    # Kafka --------------------------------------------------------------------------------------
+    def _start_kafka(self, say: Say) -> tuple[int, int]:
+        """This stack's broker started (or found running); (pid, where its log was at the start)."""
+        broker = self.broker
+        if pid := broker.running():
+            ports = broker.listening_ports()
+            if ports and ports != (broker.port, broker.controller_port):
+                # It runs with the ports of an earlier choice: those are the true ones.
+                self.state.ports["kafka"], self.state.ports["kafka_controller"] = ports
+                self._save_state()
+            say(f"kafka: already running, pid {pid}")
+            return pid, processes.log_size(broker.logfile)
+        for name in ("kafka", "kafka_controller"):
+            if not port_free(self.state.ports[name]):
+                self._move(name, say, self._occupant(name))
+        broker = self.broker
+        offset = processes.log_size(broker.logfile)
+        pid = broker.start()
+        say(f"kafka: pid {pid} on {broker.bootstrap}")
+        return pid, offset
+
+    def _ensure_kafka(self, say: Say, started: tuple[int, int]) -> None:
+        """Wait until the broker answers with this stack's cluster id; on a lost port, move and
+        start again."""
+        while True:
+            pid, offset = started
+            try:
+                self._await_kafka(pid, offset)
+                say(f"kafka: answers on {self.broker.bootstrap} (cluster id {self.broker.cluster_id()})")
+                return
+            except processes.PortInUse as lost:
+                processes.stop(pid, timeout=30)
+                # Lost a race, most likely to another broker starting, which takes both of its
+                # ports: move both.
+                for name in ("kafka", "kafka_controller"):
+                    port = self.state.ports[name]
+                    taken = port == lost.port or not port_free(port)
+                    self._move(name, say, self._occupant(name, str(lost)) if taken else None)
+            started = self._start_kafka(say)
+
+    def _await_kafka(self, pid: int, offset: int, timeout: float = 120.0) -> None:
+        broker = self.broker
+        own = broker.cluster_id()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not processes.alive(pid):
+                failed = broker.bind_failure(offset)
+                if failed is not None:
+                    raise processes.PortInUse("kafka", failed, "another process")
+                raise SystemExit(
+                    f"{_tail(broker.logfile)}\nkafka: exited at start ({_last_error(broker.logfile)}); "
+                    f"see {broker.logfile} (`mibo-ingest dev logs kafka`)"
+                )
+            answer = kafka_broker.probe(broker.port)
+            if own and answer.identity == own:
+                return
+            if answer.identity:  # another cluster holds our port: our broker cannot bind it
+                raise processes.PortInUse("kafka", broker.port, f"another Kafka broker ({answer.identity})")
+            if answer.listening and listeners.owner(broker.port, pid) is Owner.FOREIGN:
+                raise processes.PortInUse("kafka", broker.port, answer.detail)
+            time.sleep(0.5)
+        raise SystemExit(
+            f"kafka: pid {pid} did not answer on {broker.bootstrap} within {timeout:.0f}s; "
+            f"see {broker.logfile}, then `mibo-ingest dev down && mibo-ingest dev up`"
+        )
+
+    # PostgreSQL ---------------------------------------------------------------------------------
+    def _ensure_postgres(self, say: Say) -> None:
+        restarted = False
+        while True:
+            pg = self.postgres
+            if (pid := pg.pid()) and not restarted:
+                port = pg.running_port()
+                if port and port != pg.port:  # running on an earlier choice: that is the true one
+                    self.state.ports["postgres"] = port
+                    self._save_state()
+                    pg = self.postgres
+                if self._await_own_postgres(pg, timeout=15):
+                    say(f"postgres: already running, pid {pid} on 127.0.0.1:{pg.port}")
+                    return
+                say(f"postgres: pid {pid} does not answer as this stack's PostgreSQL; restarting it")
+                pg.stop()
+                restarted = True
+                continue
+            if pid:
+                raise SystemExit(f"postgres: pid {pid} does not stop; see {pg.logfile}")
+            if not port_free(pg.port):
+                self._move("postgres", say, self._occupant("postgres"))
+                pg = self.postgres
+            try:
+                pid = pg.start()
+            except processes.PortInUse:
+                self._move("postgres", say, self._occupant("postgres"))
+                continue
+            if not self._await_own_postgres(pg, timeout=15):
+                raise SystemExit(f"postgres: pid {pid} started but 127.0.0.1:{pg.port} does not answer as it")
+            say(f"postgres: pid {pid} on 127.0.0.1:{pg.port}")
+            return
+
+    def _await_own_postgres(self, pg: Postgres, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = postgres.probe(pg.port)
+            if answer.identity and _same_path(answer.identity, pg.pgdata):
+                return True
+            if answer.identity or time.monotonic() > deadline:
+                return False
+            time.sleep(0.3)
+
+    def _wait_external(self, say: Say, timeout: float = 120.0) -> None:
+        """Endpoints given in the environment: wait until they answer (they are not ours to start)."""
         from shared.runtime.kafka import kafka_ready
 
         deadline = time.monotonic() + timeout
-        kafka_ok = db_ok = False
-        while time.monotonic() < deadline:
+        kafka_ok = not self.state.external_kafka
+        db_ok = not self.state.external_database_url
+        while not (kafka_ok and db_ok):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out waiting for kafka={kafka_ok} postgres={db_ok}")
             kafka_ok = kafka_ok or asyncio.run(kafka_ready(self.bootstrap, timeout=3))
             db_ok = db_ok or _db_ready(self.database_url)
-            if kafka_ok and db_ok:
-                say("kafka and postgres answer")
-                return
-            if not self.state.external_kafka and not processes.running(self.broker.pidfile):
-                raise SystemExit(f"Kafka exited; see {self.broker.logfile}:\n{_tail(self.broker.logfile)}")
-            time.sleep(0.5)
-        raise SystemExit(f"timed out waiting for kafka={kafka_ok} postgres={db_ok}")
+            if not (kafka_ok and db_ok):
+                time.sleep(0.5)
+        if self.state.external_kafka or self.state.external_database_url:
+            say("external kafka/postgres answer")
 
     async def _ensure_topics(self) -> None:
         from shared.runtime.kafka import ensure_topics
@@ -208,32 +413,102 @@ class Stack:
 
     def _write_env(self) -> None:
         lines = [f"export {k}={_shell_quote(v)}" for k, v in self.service_env().items()]
-        self.env_file.write_text(
-            "# written by `mibo-ingest dev up`; source it: . .devstack/env\n" + "\n".join(lines) + "\n"
+        _write_atomic(
+            self.env_file,
+            "# written by `mibo-ingest dev up`; source it: . .devstack/env\n" + "\n".join(lines) + "\n",
+            mode=0o600,
         )
-        self.env_file.chmod(0o600)
 
+    # services -----------------------------------------------------------------------------------
     def _service_paths(self, name: str) -> tuple[Path, Path]:
-        folder = self.root / "services"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.root / "services"  # created by processes.start
         return folder / f"{name}.pid", folder / f"{name}.log"
 
-    def start_services(self, say) -> None:  # type: ignore[no-untyped-def]
-        env = os.environ | self.service_env() | {"LOG_FORMAT": "json"}
+    def _service_pid(self, name: str) -> int | None:
+        """The pid of this stack's ``name`` (not a reused pid, not another stack's process)."""
+        pidfile = self.root / "services" / f"{name}.pid"
+        pid = processes.running(pidfile, expect=f"-m {name}")
+        env = listeners.environ(pid) if pid else None
+        if env is not None and env.get(ROOT_VAR, str(self.root)) != str(self.root):
+            return None  # another stack's service (started with its own root)
+        return pid
+
+    def _stale_settings(self, name: str, pid: int) -> list[str]:
+        """Variables whose value in the running service differs from what the stack wants now
+        (Kafka or PostgreSQL moved, say); secrets are compared, never printed."""
+        env = listeners.environ(pid)
+        if env is None:
+            return []
+        return [k for k, v in self.service_env().items() if k not in UNREAD[name] and env.get(k) != v]
+
+    def start_services(self, say: Say) -> None:
         for name in SERVICES:
             if not service_exists(name):
                 say(f"{name}: not built yet, skipped")
                 continue
-            pidfile, logfile = self._service_paths(name)
-            if pid := processes.running(pidfile):
-                say(f"{name}: already running, pid {pid}")
-                continue
-            pid = processes.start([sys.executable, "-m", name], pidfile=pidfile, logfile=logfile, env=env)
-            say(f"{name}: pid {pid}, log {logfile}")
+            self._ensure_service(name, say)
         if service_exists("ingest_api"):
             self._wait_http(f"{self.ingest_url}/healthz", say)
 
-    def _wait_http(self, url: str, say, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    def _ensure_service(self, name: str, say: Say) -> None:
+        key = SERVICE_PORTS[name]
+        pidfile, logfile = self._service_paths(name)
+        while True:
+            port = self.state.ports[key]
+            if pid := self._service_pid(name):
+                if stale := self._stale_settings(name, pid):
+                    say(f"{name}: restarting pid {pid}, which runs with an older {', '.join(stale)}")
+                    processes.stop(pid)
+                else:
+                    owner = self._await_listener(pid, port, timeout=20)
+                    if owner in (Owner.OURS, Owner.UNKNOWN):
+                        say(f"{name}: already running, pid {pid}")
+                        return
+                    say(f"{name}: pid {pid} does not own port {port} ({owner.value}); restarting it")
+                    processes.stop(pid)
+                    if owner is not Owner.NOBODY:
+                        self._move(key, say, self._occupant(key))
+                    continue
+            if not port_free(port):
+                self._move(key, say, self._occupant(key))
+            env = os.environ | self.service_env() | {"LOG_FORMAT": "json", ROOT_VAR: str(self.root)}
+            offset = processes.log_size(logfile)
+            pid = processes.start([sys.executable, "-m", name], pidfile=pidfile, logfile=logfile, env=env)
+            owner = self._await_listener(pid, self.state.ports[key], timeout=30)
+            if owner in (Owner.OURS, Owner.UNKNOWN):
+                say(f"{name}: pid {pid} on port {self.state.ports[key]}, log {logfile}")
+                return
+            if not processes.alive(pid):
+                text = processes.log_since(logfile, offset)
+                if "address already in use" not in text.lower():
+                    raise SystemExit(
+                        f"{text[-2000:]}\n{name}: exited at start ({_last_line(text)}); "
+                        f"see {logfile}, fix it and run `mibo-ingest dev up` again"
+                    )
+                self._move(key, say, self._occupant(key))
+                continue
+            processes.stop(pid)
+            if owner is Owner.NOBODY:
+                port = self.state.ports[key]
+                raise SystemExit(f"{name}: pid {pid} did not listen on port {port} within 30s; see {logfile}")
+            # SO_REUSEPORT let it bind beside another process: never share, move.
+            self._move(key, say, self._occupant(key))
+
+    def _await_listener(self, pid: int, port: int, timeout: float) -> Owner:
+        """Wait until ``pid``'s session listens on ``port``; how it ends (OURS, SHARED, FOREIGN;
+        NOBODY on timeout or exit; UNKNOWN without /proc, once the port accepts connections)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and processes.alive(pid):
+            owner = listeners.owner(port, pid)
+            # FOREIGN: someone else listens and ours does not (yet); it will fail, or share the port.
+            if owner in (Owner.OURS, Owner.SHARED, Owner.FOREIGN):
+                return owner
+            if owner is Owner.UNKNOWN and listeners.accepts(port):
+                return owner
+            time.sleep(0.2)
+        return Owner.NOBODY
+
+    def _wait_http(self, url: str, say: Say, timeout: float = 30.0) -> None:
         import urllib.error
         import urllib.request
 
@@ -246,55 +521,135 @@ class Stack:
             time.sleep(0.3)
         say(f"warning: {url} did not answer within {timeout:.0f}s; see the service logs")
 
+    # messages -----------------------------------------------------------------------------------
+    def _occupant(self, name: str, fallback: str = "another process") -> str:
+        """Who holds port ``name`` now, as precisely as can be told."""
+        port = self.state.ports[name]
+        process = listeners.describe_listener(port)
+        answer = None
+        # Ask the protocol who it is unless /proc already says it is some other kind of process
+        # (a probe of something that never answers costs its whole timeout).
+        if name == "kafka" and (process is None or "kafka.Kafka" in process):
+            answer = kafka_broker.probe(port)
+        elif name == "postgres" and (process is None or "postgres" in process):
+            answer = postgres.probe(port)
+        if answer and answer.identity:
+            kind = "Kafka broker (cluster id" if name == "kafka" else "PostgreSQL (data dir"
+            return f"another {kind} {answer.identity}" + (f"; {process})" if process else ")")
+        if process:
+            return process
+        if answer and answer.listening and answer.detail:
+            return answer.detail
+        return fallback
+
+    def _fix(self, name: str, port: int, occupant: str) -> str:
+        """The one line ``up`` ends with when it cannot get a port for ``name``."""
+        other = _stack_root_in(occupant)
+        stop = f"run `mibo-ingest dev --dir {other} down` there" if other else "stop it"
+        return (
+            f"{name}: port {port} is taken by {occupant} ({ATTEMPTS} other ports were lost too); "
+            f"{stop}, or delete {self.ports_file} to pick new ports"
+        )
+
     # -- down / status / logs --------------------------------------------------------------------
     def down(self, *, log: bool = True) -> None:
         say = _printer(log)
-        if not self.state.ports:
+        if not self.state.ports and not self.ports_file.exists() and not self.state_file.exists():
             say("nothing to stop")
             return
-        for name in SERVICES:
-            pidfile, _ = self._service_paths(name)
-            if pid := processes.running(pidfile):
-                processes.stop(pid)
-                say(f"{name}: stopped (pid {pid})")
-        if not self.state.external_database_url and (pid := self.postgres.pid()):
-            self.postgres.stop()
-            if self.postgres.pid():
-                processes.stop(pid, timeout=5)
-            say(f"postgres: stopped (pid {pid})")
-        if not self.state.external_kafka and (pid := processes.running(self.broker.pidfile)):
-            processes.stop(pid, timeout=30)
-            say(f"kafka: stopped (pid {pid})")
+        with self._locked(say):
+            if not self.state.ports:
+                say("nothing to stop")
+                return
+            for name in SERVICES:
+                if pid := self._service_pid(name):
+                    processes.stop(pid)
+                    say(f"{name}: stopped (pid {pid})")
+            if not self.state.external_database_url and (pid := self.postgres.pid()):
+                self.postgres.stop()
+                if self.postgres.pid():
+                    processes.stop(pid, timeout=5)
+                say(f"postgres: stopped (pid {pid})")
+            if not self.state.external_kafka and (pid := self.broker.running()):
+                processes.stop(pid, timeout=30)
+                say(f"kafka: stopped (pid {pid})")
+            self.state.services = False
+            self._save_state()
 
     def status(self) -> list[tuple[str, str, str]]:
-        """(component, state, where) rows."""
+        """(component, state, where) rows; a state that starts with one of ``UP_STATES`` is fine."""
         rows: list[tuple[str, str, str]] = []
         if not self.state.ports:
             return [("stack", "not created", str(self.root))]
         if self.state.external_kafka:
             rows.append(("kafka", "external", self.state.external_kafka))
         else:
-            pid = processes.running(self.broker.pidfile)
-            rows.append(("kafka", f"up (pid {pid})" if pid else "down", self.broker.bootstrap))
+            rows.append(("kafka", self._kafka_status(), self.broker.bootstrap))
         if self.state.external_database_url:
             rows.append(("postgres", "external", _hide_password(self.state.external_database_url)))
         else:
-            pid = self.postgres.pid()
-            rows.append(("postgres", f"up (pid {pid})" if pid else "down", self.postgres.url))
+            rows.append(("postgres", self._postgres_status(), self.postgres.url))
         for name in SERVICES:
-            pidfile, _ = self._service_paths(name)
-            pid = processes.running(pidfile)
             where = {
                 "ingest_api": self.ingest_url,
                 "router_worker": f"http://127.0.0.1:{self.state.ports.get('router_metrics')}/metrics",
                 "storage_worker": f"http://127.0.0.1:{self.state.ports.get('storage_metrics')}/metrics",
             }[name]
-            state = f"up (pid {pid})" if pid else ("down" if service_exists(name) else "not built")
-            rows.append((name, state, where))
+            rows.append((name, self._service_status(name), where))
         return rows
 
+    @staticmethod
+    def problems(rows: list[tuple[str, str, str]]) -> list[str]:
+        """Components of ``status()`` rows that are down, or up but not answering as themselves."""
+        return [name for name, state, _ in rows if not state.startswith(UP_STATES)]
+
+    def _kafka_status(self) -> str:
+        broker = self.broker
+        if not (pid := broker.running()):
+            return self._down("kafka")
+        answer = kafka_broker.probe(broker.port)
+        if answer.identity and answer.identity == broker.cluster_id():
+            return f"up (pid {pid})"
+        if answer.identity:
+            return f"not answering (pid {pid}); port {broker.port} answers as cluster {answer.identity}"
+        return f"not answering (pid {pid})"
+
+    def _postgres_status(self) -> str:
+        pg = self.postgres
+        if not (pid := pg.pid()):
+            return self._down("postgres")
+        answer = postgres.probe(pg.port)
+        if answer.identity and _same_path(answer.identity, pg.pgdata):
+            return f"up (pid {pid})"
+        if answer.identity:
+            return f"not answering (pid {pid}); port {pg.port} answers with data dir {answer.identity}"
+        return f"not answering (pid {pid})"
+
+    def _service_status(self, name: str) -> str:
+        if not service_exists(name):
+            return "not built"
+        if not (pid := self._service_pid(name)):
+            return self._down(SERVICE_PORTS[name]) if self.state.services else "not started"
+        port = self.state.ports[SERVICE_PORTS[name]]
+        owner = listeners.owner(port, pid)
+        if owner is Owner.OURS or (owner is Owner.UNKNOWN and listeners.accepts(port)):
+            return f"up (pid {pid})"
+        if owner is Owner.NOBODY or owner is Owner.UNKNOWN:
+            return f"not listening (pid {pid})"
+        other = listeners.describe_listener(port, besides=pid) or "another process"
+        return f"port {port} {owner.value} with {other} (ours: pid {pid})"
+
+    def _down(self, name: str) -> str:
+        """``down``, and who holds the saved port meanwhile (``up`` will move to another)."""
+        port = self.state.ports[name]
+        return "down" if port_free(port) else f"down; port {port} is taken by {self._occupant(name)}"
+
     def logfiles(self) -> dict[str, Path]:
-        files = {"kafka": self.broker.logfile, "postgres": self.postgres.logfile}
+        # Not through self.broker / self.postgres: those need ports, and a stack never started has none.
+        files = {
+            "kafka": self.root / "kafka" / "kafka.log",
+            "postgres": self.root / "postgres" / "postgres.log",
+        }
         for name in SERVICES:
             files[name] = self._service_paths(name)[1]
         return files
@@ -327,6 +682,38 @@ def _db_ready(url: str) -> bool:
         return False
 
 
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _stack_root_in(text: str) -> str | None:
+    """The state folder of another stack named in a description (its data dir or properties)."""
+    match = re.search(r"(/[^\s;()]+?)/(?:postgres/data|kafka/server\.properties)\b", text)
+    if match:
+        return match.group(1)
+    match = re.search(r"\(stack (/[^\s;()]+)\)", text)
+    return match.group(1) if match else None
+
+
+def _write_atomic(path: Path, text: str, *, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    tmp.replace(path)
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    """The variables an ``env`` file of ours exports."""
+    found: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            if line.startswith("export ") and "=" in line:
+                key, _, value = line[len("export ") :].partition("=")
+                with contextlib.suppress(ValueError):
+                    found[key] = " ".join(shlex.split(value))
+    return found
+
+
 def _tail(path: Path, n: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -334,19 +721,26 @@ def _tail(path: Path, n: int = 30) -> str:
         return ""
 
 
-def _hide_password(url: str) -> str:
-    import re
+def _last_error(path: Path) -> str:
+    lines = _tail(path, 200).splitlines()
+    errors = [line for line in lines if " ERROR " in line or "Exception" in line]
+    return (errors or lines or ["no log"])[-1].strip()[:200]
 
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip()[:200] if lines else "no output"
+
+
+def _hide_password(url: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def _shell_quote(value: str) -> str:
-    import shlex
-
     return shlex.quote(value)
 
 
-def _printer(enabled: bool):  # type: ignore[no-untyped-def]
+def _printer(enabled: bool) -> Say:
     def say(message: str) -> None:
         if enabled:
             print(message, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -29,10 +30,22 @@ def down(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    rows = _stack(args).status()
+    """What runs where; exit 1 when a component the stack manages is down (or not itself)."""
+    stack = _stack(args)
+    rows = stack.status()
     width = max(len(r[0]) for r in rows)
     for name, state, where in rows:
         print(f"{name:<{width}}  {state:<18}  {where}")
+    if rows[0][:2] == ("stack", "not created"):
+        print(f"no stack in {stack.root}: `mibo-ingest dev up` creates one", file=sys.stderr)
+        return 1
+    if problems := stack.problems(rows):
+        print(
+            f"not up: {', '.join(problems)}; `mibo-ingest dev up` starts what is down, "
+            f"`mibo-ingest dev logs {problems[0]}` shows why it stopped",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -56,7 +69,7 @@ def logs(args: argparse.Namespace) -> int:
         time.sleep(0.5)
 
 
-def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction) -> None:
     dev = groups.add_parser("dev", help="the local stack: Kafka, PostgreSQL and the services")
     dev.add_argument(
         "--dir",
@@ -68,7 +81,9 @@ def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--no-services", action="store_true", help="only Kafka, PostgreSQL, migrations and topics")
     p.set_defaults(handler=up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(handler=down)
-    sub.add_parser("status", help="what runs where").set_defaults(handler=status)
+    sub.add_parser("status", help="what runs where; exits 1 when a component is down").set_defaults(
+        handler=status
+    )
     p = sub.add_parser("logs", help="show (and follow) the components' logs")
     p.add_argument("component", nargs="*", help="kafka, postgres, ingest_api, router_worker, storage_worker")
     p.add_argument("-f", "--follow", action="store_true")
