@@ -171,7 +171,9 @@ async def test_validation_errors_say_where(ingest: Service, tenant: Tenant) -> N
     key = tenant.keys["all"]
     assert_error(await post(ingest, "{oops", key), 400, "VALIDATION_ERROR", "")
     assert_error(await post(ingest, '{"nothing": 1}', key), 400, "VALIDATION_ERROR", "spans")
-    assert_error(await post(ingest, '{"spans": [{"name": "x"}]}', key), 400, "VALIDATION_ERROR", "spans[0].span_id")
+    assert_error(
+        await post(ingest, '{"spans": [{"name": "x"}]}', key), 400, "VALIDATION_ERROR", "spans[0].span_id"
+    )
     assert_error(
         await post(ingest, '{"data": 1, "platformId": "p"}', key), 400, "VALIDATION_ERROR", "platformId"
     )
