@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from ingest_api.context import DB_POOL, ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
 from ingest_api.endpoints import admin
 from ingest_api.endpoints.batch import post_batch
-from ingest_api.endpoints.otlp import post_otlp_traces
+from ingest_api.endpoints.otlp import post_otlp_traces, refuse_signal
 from ingest_api.endpoints.trace_read import get_trace
 from ingest_api.endpoints.traces import post_trace
 from ingest_api.enqueue import Enqueuer
@@ -70,6 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_key_registry)
     app.cleanup_ctx.append(_producer)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/health", healthz)  # what Mibo's n8n node's credential test calls
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
@@ -77,7 +78,10 @@ def create_app(settings: Settings) -> web.Application:
     # "batch" is the batch endpoint's path: a GET there is 405, not a lookup of a trace named "batch"
     app.router.add_get(r"/public/traces/{id:(?!batch$)[^/]+}", get_trace)
     app.router.add_post("/public/traces/batch", post_batch)
-    app.router.add_post("/v1/traces", post_otlp_traces)  # OTLP/HTTP's standard path
+    for prefix in ("", "/public/traces"):  # OTLP/HTTP's standard paths, also under the generic endpoint
+        app.router.add_post(f"{prefix}/v1/traces", post_otlp_traces)
+        app.router.add_post(f"{prefix}/v1/metrics", refuse_signal)
+        app.router.add_post(f"{prefix}/v1/logs", refuse_signal)
     admin.setup(app)
     return app
 

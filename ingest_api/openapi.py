@@ -240,7 +240,7 @@ PUBLIC_ERRORS = {
 
 def _public_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
     api_key: list[dict[str, list[str]]] = [{"apiKey": []}]
-    return {
+    paths: dict[str, Any] = {
         "/public/traces": {
             "post": {
                 "tags": ["public"],
@@ -318,6 +318,23 @@ def _public_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 },
             }
         },
+        **{
+            f"{prefix}/v1/{signal}": {
+                "post": {
+                    "tags": ["public"],
+                    "summary": f"OTLP {signal}: not accepted (only traces are); a 404 an exporter does not retry",
+                    "security": api_key,
+                    "responses": {
+                        "404": _otlp(
+                            schemas["RpcStatus"],
+                            "Only traces are accepted: set OTEL_METRICS_EXPORTER=none / OTEL_LOGS_EXPORTER=none",
+                        )
+                    },
+                }
+            }
+            for prefix in ("", "/public/traces")
+            for signal in ("metrics", "logs")
+        },
         "/public/traces/{id}": {
             "get": {
                 "tags": ["public"],
@@ -336,6 +353,9 @@ def _public_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
             }
         },
     }
+    # An SDK given OTEL_EXPORTER_OTLP_ENDPOINT=$URL/public/traces appends /v1/traces: same operation.
+    paths["/public/traces/v1/traces"] = paths["/v1/traces"]
+    return paths
 
 
 def _admin_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -424,6 +444,12 @@ def _admin_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _service_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
         "/healthz": {"get": {"summary": "Alive", "responses": {"200": _json(schemas["Health"], "Alive")}}},
+        "/health": {
+            "get": {
+                "summary": "Alive (the path Mibo's n8n node checks credentials against)",
+                "responses": {"200": _json(schemas["Health"], "Alive")},
+            }
+        },
         "/readyz": {
             "get": {
                 "summary": "Kafka producer and key registry ready",

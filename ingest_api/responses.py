@@ -28,7 +28,12 @@ _encoder = msgspec.json.Encoder()
 log = structlog.get_logger(__name__)
 
 ERROR_CODE = web.RequestKey("error_code", str)  # read by the request counter
-OTLP_PATH = "/v1/traces"  # answers in OTLP's google.rpc.Status, not the Mibo envelope
+OTLP_PATHS = frozenset(
+    f"{prefix}/v1/{signal}" for prefix in ("", "/public/traces") for signal in ("traces", "metrics", "logs")
+)
+"""Paths that answer in OTLP's google.rpc.Status, not the Mibo envelope: the OTLP/HTTP signal paths,
+also under ``/public/traces`` (an SDK given ``OTEL_EXPORTER_OTLP_ENDPOINT=$URL/public/traces``
+appends ``/v1/traces``)."""
 CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request": counted, never sent to anyone
 CLIENT_CLOSED = "CLIENT_CLOSED_REQUEST"
 
@@ -162,7 +167,7 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
 
 def _answer(request: web.Request, err: ApiError) -> web.Response:
     request[ERROR_CODE] = err.code
-    if request.path == OTLP_PATH:
+    if request.path in OTLP_PATHS:
         # imported here: both modules import this one
         from ingest_api.content import is_protobuf
         from ingest_api.endpoints.otlp import status_response

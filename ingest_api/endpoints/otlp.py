@@ -240,6 +240,20 @@ async def post_otlp_traces(request: web.Request) -> web.Response:
     return export_response(outcome, encoding)
 
 
+ONLY_TRACES = (
+    "This endpoint takes OpenTelemetry traces only: export traces to /v1/traces, and turn the "
+    "other signals off (OTEL_METRICS_EXPORTER=none, OTEL_LOGS_EXPORTER=none)"
+)
+
+
+async def refuse_signal(request: web.Request) -> web.Response:
+    """``POST /v1/metrics`` and ``/v1/logs``: a clear OTLP error (404, not retryable, so an
+    exporter does not retry it forever) that says only traces are accepted."""
+    encoding: Encoding = "protobuf" if is_protobuf(request.headers.get("Content-Type", "")) else "json"
+    request[ERROR_CODE] = "NOT_FOUND"
+    return status_response(ApiError(404, "NOT_FOUND", ONLY_TRACES), encoding)
+
+
 async def accept_on_public(
     request: web.Request, key: KeyInfo, body: bytes, encoding: Encoding
 ) -> web.Response:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -366,3 +367,36 @@ async def test_503_with_retry_after_when_kafka_cannot_take_the_export(
         assert Status.FromString(body).code == code_pb2.UNAVAILABLE
     finally:
         lonely.stop()
+
+
+async def test_generic_endpoint_alias_and_only_traces_are_accepted(pipeline: Service, shop: Shop) -> None:
+    """An SDK configured with the generic OTEL_EXPORTER_OTLP_ENDPOINT=$URL/public/traces appends
+    /v1/traces; its metrics and logs exporters get a clear, non-retryable OTLP error."""
+    generic = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"{pipeline.url}/public/traces"}
+    saved = {name: os.environ.get(name) for name in generic}
+    os.environ.update(generic)
+    try:  # the endpoint from the environment, as SDKs read it
+        sender = Recording(OTLPSpanExporter(headers={"x-api-key": shop.key}))
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+    assert sender.inner._endpoint == f"{pipeline.url}/public/traces/v1/traces"
+    provider = TracerProvider(resource=Resource.create({"service.name": shop.checkout_service}))
+    provider.add_span_processor(SimpleSpanProcessor(sender))
+    await asyncio.to_thread(place_order, provider.get_tracer("shop"), "o-generic")
+    await asyncio.to_thread(provider.shutdown)
+    assert set(sender.results) == {SpanExportResult.SUCCESS}
+    await wait_trace(pipeline, shop, shop.checkout, hex_trace_id(sender.spans[0]), 3)
+
+    for path in ("/v1/metrics", "/v1/logs", "/public/traces/v1/metrics", "/public/traces/v1/logs"):
+        status, body, headers = await post(pipeline, path, b"", {**PROTOBUF, "x-api-key": shop.key})
+        assert status == 404 and headers["Content-Type"] == "application/x-protobuf", path
+        answer = Status.FromString(body)
+        assert answer.code == code_pb2.NOT_FOUND and "traces only" in answer.message
+        assert "OTEL_METRICS_EXPORTER=none" in answer.message
+    status, body, _ = await post(pipeline, "/v1/logs", b"{}", {**JSON, "x-api-key": shop.key})
+    assert status == 404 and "traces only" in json.loads(body)["message"]
+
+    async with aiohttp.ClientSession() as session:  # the n8n node's credential test
+        async with session.get(f"{pipeline.url}/health") as resp:
+            assert resp.status == 200 and (await resp.json())["status"] == "ok"

@@ -14,6 +14,7 @@ from ingest_api import body, otlp_decode
 from ingest_api.app import create_app
 from ingest_api.endpoints import admin, batch
 from ingest_api.openapi import openapi_document
+from ingest_api.responses import OTLP_PATHS
 from shared.runtime.settings import Settings
 
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -131,5 +132,5 @@ def test_error_answers_use_the_route_format() -> None:
                 if not status.startswith(("4", "5")) or path in ("/readyz",):
                     continue
                 schema = answer["content"]["application/json"]["schema"]
-                expected = "RpcStatus" if path == "/v1/traces" else "ErrorBody"
+                expected = "RpcStatus" if path in OTLP_PATHS else "ErrorBody"
                 assert schema == {"$ref": f"#/components/schemas/{expected}"}, (path, status)
