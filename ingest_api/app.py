@@ -13,6 +13,7 @@ from ingest_api.context import DB_POOL, ENQUEUER, KEY_REGISTRY, METRICS, SETTING
 from ingest_api.endpoints import admin
 from ingest_api.endpoints.batch import post_batch
 from ingest_api.endpoints.otlp import post_otlp_traces, refuse_signal
+from ingest_api.endpoints.trace_list import list_traces
 from ingest_api.endpoints.trace_read import get_trace
 from ingest_api.endpoints.traces import post_trace
 from ingest_api.enqueue import Enqueuer
@@ -75,6 +76,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/public/traces", post_trace)
+    app.router.add_get("/public/traces", list_traces)
     # "batch" is the batch endpoint's path: a GET there is 405, not a lookup of a trace named "batch"
     app.router.add_get(r"/public/traces/{id:(?!batch$)[^/]+}", get_trace)
     app.router.add_post("/public/traces/batch", post_batch)

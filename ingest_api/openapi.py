@@ -26,6 +26,7 @@ from msgspec import UNSET, Meta, UnsetType
 from ingest_api.body import MAX_JSON_DEPTH, TraceBodySchema
 from ingest_api.endpoints.admin import KeyIn, PlatformInSchema, PlatformPatch, ProjectIn
 from ingest_api.endpoints.batch import BatchAnswer, BatchItem, BatchRequest
+from ingest_api.endpoints.trace_list import DEFAULT_LIMIT, MAX_LIMIT
 from ingest_api.endpoints.traces import EXTERNAL_ID_MAX, EXTERNAL_ID_RULE
 from ingest_api.otlp_decode import MAX_VALUE_DEPTH, OtlpRequest
 from ingest_api.responses import ErrorBody, Timestamp
@@ -96,6 +97,28 @@ class TraceAnswer(msgspec.Struct, kw_only=True):
     data: StoredTrace
 
 
+class TraceSummary(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    platformId: uuid.UUID
+    externalId: str | None
+    bodyShape: Literal["spans", "data", "otlp"]
+    receivedAt: dt.datetime
+    createdAt: dt.datetime
+    updatedAt: dt.datetime
+
+
+class TracePage(msgspec.Struct, kw_only=True):
+    traces: list[TraceSummary]
+    nextCursor: Annotated[str | None, Meta(description="Pass as cursor for the next page; null on the last")]
+
+
+class TraceListAnswer(msgspec.Struct, kw_only=True):
+    success: TRUE
+    message: str
+    timestamp: Timestamp
+    data: TracePage
+
+
 class PartialSuccess(msgspec.Struct, kw_only=True):
     rejectedSpans: (
         Annotated[int | str, Meta(description="int64: a decimal string in OTLP JSON")] | UnsetType
@@ -139,6 +162,7 @@ COMPONENTS: tuple[Any, ...] = (
     Accepted,
     BatchAnswer,
     TraceAnswer,
+    TraceListAnswer,
     ExportTraceServiceResponse,
     RpcStatus,
     Project,
@@ -242,6 +266,45 @@ def _public_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
     api_key: list[dict[str, list[str]]] = [{"apiKey": []}]
     paths: dict[str, Any] = {
         "/public/traces": {
+            "get": {
+                "tags": ["public"],
+                "summary": "The key's stored traces, newest first, a page at a time",
+                "security": api_key,
+                "parameters": [
+                    {
+                        "name": "platformId",
+                        "in": "query",
+                        "required": False,
+                        "schema": UUID_SCHEMA,
+                        "description": "Only this platform's traces (within the key's scope)",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIMIT,
+                            "default": DEFAULT_LIMIT,
+                        },
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "The previous page's nextCursor",
+                    },
+                ],
+                "responses": {
+                    "200": _json(schemas["TraceListAnswer"], "One page of trace summaries"),
+                    "400": _error("VALIDATION_ERROR: a query parameter is malformed"),
+                    "401": _error("MISSING_API_KEY / INVALID_API_KEY"),
+                    "403": _error("PLATFORM_NOT_ALLOWED: platformId outside a restricted key's scope"),
+                    "503": _error("SERVICE_UNAVAILABLE: the database is not reachable"),
+                },
+            },
             "post": {
                 "tags": ["public"],
                 "summary": "Send one trace; answered 202 once Kafka acknowledged it",
@@ -264,7 +327,7 @@ def _public_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
                     **PUBLIC_ERRORS,
                     "403": _error("PLATFORM_NOT_ALLOWED: explicit platform outside a restricted key's scope"),
                 },
-            }
+            },
         },
         "/public/traces/batch": {
             "post": {

@@ -106,19 +106,14 @@ def trace_data(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-async def _fetch(
-    pool: psycopg_pool.AsyncConnectionPool, key: KeyInfo, trace_id: uuid.UUID
-) -> tuple[Any, ...] | None:
-    params = {
-        "id": trace_id,
-        "project_id": key.project_id,
-        "restricted": key.restricted,
-        "scope": sorted(key.platform_ids),
-    }
+async def query(
+    pool: psycopg_pool.AsyncConnectionPool, sql: str, params: dict[str, Any]
+) -> list[tuple[Any, ...]]:
+    """Rows of one read; 503 with ``Retry-After`` while the database is unreachable."""
     try:
         async with pool.connection(timeout=DB_TIMEOUT_SECONDS) as conn:
-            cur = await conn.execute(SELECT_TRACE, params)
-            return await cur.fetchone()
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
     except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
         log.warning("trace lookup failed: database unavailable", error=repr(exc))
         raise ApiError(
@@ -130,12 +125,17 @@ async def _fetch(
         ) from None
 
 
+def scope_params(key: KeyInfo) -> dict[str, Any]:
+    """The key's reach as query parameters: its project and, when restricted, its platforms."""
+    return {"project_id": key.project_id, "restricted": key.restricted, "scope": sorted(key.platform_ids)}
+
+
 async def get_trace(request: web.Request) -> web.Response:
     app = request.app
     key = await authenticate(app[KEY_REGISTRY], request.headers.get(API_KEY_HEADER))
     trace_id = _trace_id(request.match_info["id"])
-    row = await _fetch(app[DB_POOL], key, trace_id)
-    if row is None:
+    rows = await query(app[DB_POOL], SELECT_TRACE, {"id": trace_id, **scope_params(key)})
+    if not rows:
         raise ApiError(
             404,
             "NOT_FOUND",
@@ -149,4 +149,4 @@ async def get_trace(request: web.Request) -> web.Response:
                 )
             ],
         )
-    return success(trace_data(row), "Trace retrieved")
+    return success(trace_data(rows[0]), "Trace retrieved")
