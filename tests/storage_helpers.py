@@ -17,7 +17,7 @@ from aiokafka.structs import ConsumerRecord
 from shared.contracts.envelope import Hints, RawEnvelope, RoutedEnvelope, encode, message_key, routed
 from shared.contracts.ids import uuid7
 from shared.devstack.pipeline import Tenant
-from shared.runtime.kafka import make_producer
+from shared.runtime.kafka import Record, make_producer
 from shared.runtime.settings import Settings
 
 SEED_BODY = b'{ "data": { "input": "...", "output": "..." } }'
@@ -81,7 +81,7 @@ async def eventually(
 
 def consumer_record(
     value: bytes | None, *, key: bytes | None = b"k", offset: int = 0, headers: Any = ()
-) -> ConsumerRecord[bytes, bytes]:
+) -> Record:
     return ConsumerRecord(
         topic="traces.routed",
         partition=0,

@@ -8,21 +8,20 @@ import signal
 import uuid
 
 import psycopg
-from aiokafka.structs import ConsumerRecord
 
 from shared import registry
 from shared.contracts.dlq import read_headers
 from shared.contracts.envelope import decode_routed
 from shared.contracts.topics import Topics
 from shared.devstack.pipeline import Service, Tenant, TopicTap, make_tenant, metric_value, start_worker
-from shared.runtime.kafka import make_producer
+from shared.runtime.kafka import Record, make_producer
 from shared.runtime.settings import Settings, libpq_url
 from tests.router_helpers import post
 
 
 async def outcome(
     tenant: Tenant, trace_id: str, routed_tap: TopicTap, dlq_tap: TopicTap, timeout: float = 20
-) -> ConsumerRecord[bytes, bytes]:
+) -> Record:
     key = f"{tenant.project_id}:{trace_id}".encode()
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
@@ -34,13 +33,13 @@ async def outcome(
     raise AssertionError(f"trace {trace_id} reached neither traces.routed nor traces.dlq")
 
 
-def routed_to(record: ConsumerRecord[bytes, bytes], topics: Topics) -> tuple[uuid.UUID, str]:
+def routed_to(record: Record, topics: Topics) -> tuple[uuid.UUID, str]:
     assert record.topic == topics.routed, read_headers(record.headers)
     envelope = decode_routed(record.value)
     return envelope.routed_platform_id, envelope.resolved_by
 
 
-def dead_lettered(record: ConsumerRecord[bytes, bytes], topics: Topics, reason: str) -> dict[str, str]:
+def dead_lettered(record: Record, topics: Topics, reason: str) -> dict[str, str]:
     assert record.topic == topics.dlq, f"routed instead of dead-lettered ({reason})"
     headers = read_headers(record.headers)
     assert headers["dlq-reason"] == reason, headers
