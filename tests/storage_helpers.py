@@ -17,6 +17,7 @@ from aiokafka.structs import ConsumerRecord
 from shared.contracts.envelope import Hints, RawEnvelope, RoutedEnvelope, encode, message_key, routed
 from shared.contracts.ids import uuid7
 from shared.devstack.pipeline import Tenant
+from shared.registry.validation import one
 from shared.runtime.kafka import Record, make_producer
 from shared.runtime.settings import Settings
 
@@ -123,5 +124,5 @@ async def count_stored(settings: Settings, ids: list[uuid.UUID]) -> tuple[int, i
         libpq_url(settings.database_url), autocommit=True, connect_timeout=3
     ) as conn:
         cur = await conn.execute("SELECT count(*), count(DISTINCT id) FROM traces WHERE id = ANY(%s)", (ids,))
-        rows, distinct = await cur.fetchone()  # type: ignore[misc]
+        rows, distinct = one(await cur.fetchone())
         return rows, distinct

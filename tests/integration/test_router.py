@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
+from pathlib import Path
 
 import psycopg
 
@@ -173,8 +174,13 @@ async def test_poison_records_never_block_the_partition(
 
 
 async def test_kill_9_mid_stream_loses_nothing(
-    settings: Settings, tenant: Tenant, topics: Topics, routed_tap: TopicTap, service_logs, router: Service
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings,
+    tenant: Tenant,
+    topics: Topics,
+    routed_tap: TopicTap,
+    service_logs: Path,
+    router: Service,
+) -> None:
     """Routers share the group; one is killed -9 mid-stream, the others take over its partitions."""
     from tests.router_helpers import keys_of, produce_raw, raw_envelopes
 
@@ -193,7 +199,9 @@ async def test_kill_9_mid_stream_loses_nothing(
         replacement.stop()
 
 
-async def test_sigterm_drains_and_exits_cleanly(settings: Settings, topics: Topics, service_logs) -> None:  # type: ignore[no-untyped-def]
+async def test_sigterm_drains_and_exits_cleanly(
+    settings: Settings, topics: Topics, service_logs: Path
+) -> None:
     worker = start_worker("router_worker", settings, service_logs)
     assert await asyncio.to_thread(worker.stop) == 0
     assert "stopping: last batch done and committed" in worker.log.read_text()
