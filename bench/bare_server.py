@@ -12,10 +12,14 @@ async def handle(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "data": {"status": "queued"}}, status=202)
 
 
+async def healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
 def main() -> None:
     app = web.Application()
     app.router.add_post("/public/traces", handle)
-    app.router.add_get("/healthz", lambda _: web.Response(text="ok"))
+    app.router.add_get("/healthz", healthz)
     try:
         import uvloop
 

@@ -43,17 +43,18 @@ def load_env_file() -> None:
 
 
 def trace_body(size: int = 1024) -> bytes:
+    attributes = {"model": "gpt-x", "prompt": ""}
     span = {
         "span_id": "0000000000000001",
         "name": "llm.call",
         "start_time_unix_nano": "1700000000000000000",
         "end_time_unix_nano": "1700000000500000000",
         "status": {"code": 1},
-        "attributes": {"model": "gpt-x", "prompt": ""},
+        "attributes": attributes,
     }
     body = {"spans": [span], "metadata": {"workflowId": "bench"}}
     pad = size - len(msgspec.json.encode(body))
-    span["attributes"]["prompt"] = "x" * max(pad, 0)
+    attributes["prompt"] = "x" * max(pad, 0)
     return msgspec.json.encode(body)
 
 
@@ -98,8 +99,8 @@ def batch_body(body: bytes, count: int) -> bytes:
 
 
 async def measure(
-    bare_port: int, ingest_port: int, body: bytes, headers: dict[str, str], args
-) -> tuple[Result, Result, Result]:  # type: ignore[no-untyped-def]
+    bare_port: int, ingest_port: int, body: bytes, headers: dict[str, str], args: argparse.Namespace
+) -> tuple[Result, Result, Result]:
     warm = min(2.0, args.seconds / 5)
     for port in (bare_port, ingest_port):  # warm-up: connections, producer metadata, caches
         await drive(f"http://127.0.0.1:{port}/public/traces", body, headers, connections=8, seconds=warm)

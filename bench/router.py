@@ -16,10 +16,12 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import psycopg
+from aiokafka import AIOKafkaProducer
 
 from bench.ingest import load_env_file, trace_body
 from router_worker.metrics import RouterMetrics
@@ -30,7 +32,7 @@ from shared.contracts.topics import Topics
 from shared.devstack.pipeline import Tenant
 from shared.runtime.kafka import ensure_topics, make_consumer, make_producer
 from shared.runtime.settings import Settings, libpq_url
-from shared.runtime.worker import Batch, run_batches
+from shared.runtime.worker import Batch, Step, run_batches
 from tests.router_helpers import produce_raw, raw_envelopes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +52,13 @@ async def bench_tenant(settings: Settings) -> Tenant:
     return tenant
 
 
-async def drain(settings: Settings, topics: Topics, group: str, step_factory, count: int) -> float:  # type: ignore[no-untyped-def]
+async def drain(
+    settings: Settings,
+    topics: Topics,
+    group: str,
+    step_factory: Callable[[AIOKafkaProducer], Step],
+    count: int,
+) -> float:
     """Seconds to consume ``count`` records through ``step`` (started when the first batch arrives)."""
     consumer = make_consumer(settings, topics.raw, group_id=group, max_poll_records=1000)
     producer = make_producer(settings)
@@ -93,7 +101,7 @@ async def main() -> None:
     tenant = await bench_tenant(settings)
     await produce_raw(settings, topics, raw_envelopes(tenant, args.count, body=trace_body()))
 
-    def bare(producer):  # type: ignore[no-untyped-def]
+    def bare(producer: AIOKafkaProducer) -> Step:
         async def step(batch: Batch) -> None:
             futures = [
                 await producer.send(topics.routed, r.value, key=r.key)
@@ -107,7 +115,7 @@ async def main() -> None:
     registry = PlatformRegistry(libpq_url(settings.database_url))
     await registry.reload()
 
-    def routing(producer):  # type: ignore[no-untyped-def]
+    def routing(producer: AIOKafkaProducer) -> Step:
         return Router(producer, topics, registry, RouterMetrics()).step
 
     base = await drain(settings, topics, f"{prefix}bare", bare, args.count)

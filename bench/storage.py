@@ -40,6 +40,7 @@ from shared import registry
 from shared.contracts.envelope import Hints, RawEnvelope, encode, message_key, routed
 from shared.contracts.ids import uuid7
 from shared.devstack.pipeline import free_port
+from shared.registry.validation import one
 from shared.runtime.kafka import ensure_topics, make_producer
 from shared.runtime.settings import Settings, libpq_url
 from storage_worker.last_used import LastUsedTracker
@@ -168,7 +169,7 @@ async def worker_end_to_end(
             cur = await conn.execute(
                 "SELECT count(*) FROM traces WHERE project_id = %s", (tenant.project_id,)
             )
-            stored = (await cur.fetchone())[0]  # type: ignore[index]
+            stored = one(await cur.fetchone())[0]
             await conn.commit()
             now = time.perf_counter()
             if stored and first is None:

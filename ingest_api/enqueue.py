@@ -159,13 +159,13 @@ async def discard(producer: AIOKafkaProducer, timeout: float) -> None:
     themselves, at once with the broker gone, else within ``request_timeout_ms`` — then fail every
     record still buffered (``Discarded``), then ``stop()``, which has nothing left to flush."""
     sender = getattr(producer, "_sender", None)
-    accumulator = getattr(producer, "_message_accumulator", None)
+    fail_all = getattr(getattr(producer, "_message_accumulator", None), "fail_all", None)
     task = getattr(sender, "sender_task", None)
-    if isinstance(task, asyncio.Task) and callable(getattr(accumulator, "fail_all", None)):
+    if isinstance(task, asyncio.Task) and callable(fail_all):
         task.cancel()
         await asyncio.wait([task], timeout=timeout)
         if task.done():
-            accumulator.fail_all(Discarded("discarded unsent: its trace was answered 503"))  # type: ignore[union-attr]
+            fail_all(Discarded("discarded unsent: its trace was answered 503"))
     try:
         await asyncio.wait_for(producer.stop(), timeout)
     except TimeoutError:

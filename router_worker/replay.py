@@ -17,7 +17,6 @@ from typing import Any
 
 import msgspec
 import psycopg
-from aiokafka.structs import ConsumerRecord
 
 from router_worker.platforms import Snapshot, load_snapshot
 from router_worker.resolve import Routed, resolve
@@ -25,7 +24,7 @@ from shared.contracts import dlq
 from shared.contracts.envelope import decode_raw
 from shared.contracts.topics import Topics
 from shared.runtime.dlq_reader import DlqEntry, describe, read
-from shared.runtime.kafka import make_producer
+from shared.runtime.kafka import Record, make_producer
 from shared.runtime.settings import Settings, libpq_url
 
 REPLAYED_FROM = "replayed-from"
@@ -93,7 +92,7 @@ async def execute(settings: Settings, candidates: list[Candidate]) -> int:
     try:
         futures = []
         for candidate in todo:
-            record: ConsumerRecord[bytes, bytes] = candidate.record
+            record: Record = candidate.record
             futures.append(
                 await producer.send(
                     topics.raw, record.value, key=record.key, headers=replay_headers(candidate.entry)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord
 
 from router_worker.metrics import RouterMetrics
 from router_worker.platforms import PlatformRegistry
@@ -27,11 +26,10 @@ from router_worker.resolve import Decision, Routed, resolve
 from shared.contracts import dlq
 from shared.contracts.envelope import RawEnvelope, decode_raw, encode, routed
 from shared.contracts.topics import Topics
+from shared.runtime.kafka import Record
 from shared.runtime.worker import Batch
 
 log = structlog.get_logger(__name__)
-
-Record = ConsumerRecord[bytes, bytes]
 
 
 @dataclass(slots=True)

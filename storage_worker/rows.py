@@ -23,11 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgspec
-from aiokafka.structs import ConsumerRecord
 
 from shared.contracts import otlp
 from shared.contracts.dlq import DeadLetter
 from shared.contracts.envelope import RoutedEnvelope, decode_routed
+from shared.runtime.kafka import Record
 
 _NULL = msgspec.Raw(b"null")
 
@@ -148,7 +148,7 @@ class DecodedRecords:
     invalid: list[Invalid]
 
 
-def source_of(record: ConsumerRecord[bytes, bytes]) -> Source:
+def source_of(record: Record) -> Source:
     return Source(
         topic=record.topic,
         partition=record.partition,
@@ -168,7 +168,7 @@ def _invalid(source: Source, detail: str) -> Invalid:
     return Invalid(source, DeadLetter("invalid_envelope", detail))
 
 
-def decode_record(record: ConsumerRecord[bytes, bytes]) -> Pending | Invalid:
+def decode_record(record: Record) -> Pending | Invalid:
     source = source_of(record)
     if record.value is None:
         return _invalid(source, "The record has no value (a tombstone?)")
@@ -236,7 +236,7 @@ def _otlp_row(envelope: RoutedEnvelope, body: bytes, source: Source) -> Pending 
     return Pending(row, source)
 
 
-def decode_records(records: Iterable[ConsumerRecord[bytes, bytes]]) -> DecodedRecords:
+def decode_records(records: Iterable[Record]) -> DecodedRecords:
     pending: list[Pending] = []
     invalid: list[Invalid] = []
     for record in records:

@@ -126,4 +126,5 @@ class StoreStep:
         m.stale.inc(outcomes["stale"])
         for item in letters:
             m.dead_lettered.labels(item.reason).inc()
-        log.debug("batch stored", records=size, dead_lettered=len(letters), **outcomes)
+        # dict(): mypy takes no Counter of Literal keys after ** (a Counter's key type is invariant)
+        log.debug("batch stored", records=size, dead_lettered=len(letters), **dict(outcomes))

@@ -7,12 +7,17 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
 
 from shared.runtime.settings import Settings, libpq_url
 from tests.services import Services, provide
+
+if TYPE_CHECKING:  # the fixtures import these lazily
+    from shared.contracts.topics import Topics
+    from shared.devstack.pipeline import Service, Tenant, TopicTap
 
 HERE = Path(__file__).resolve().parent
 SERVICE_FIXTURES = {"services", "settings", "db", "adb"}
@@ -56,7 +61,7 @@ def settings(services: Services) -> Settings:
 
 
 @pytest.fixture(scope="session")
-async def topics(settings: Settings):  # type: ignore[no-untyped-def]
+async def topics(settings: Settings) -> Topics:
     from shared.runtime.kafka import ensure_topics
 
     return await ensure_topics(settings)
@@ -77,19 +82,19 @@ async def adb(settings: Settings) -> AsyncIterator[psycopg.AsyncConnection]:
 
 
 @pytest.fixture(scope="session")
-async def tenant(settings: Settings, topics):  # type: ignore[no-untyped-def]
+async def tenant(settings: Settings, topics: Topics) -> Tenant:
     from shared.devstack.pipeline import make_tenant
 
     return await make_tenant(settings)
 
 
 @pytest.fixture(scope="session")
-def service_logs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def service_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("service-logs")
 
 
 @pytest.fixture(scope="session")
-def ingest(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
+def ingest(settings: Settings, topics: Topics, service_logs: Path) -> Iterator[Service]:
     """``python -m ingest_api`` as a real process on a free port."""
     from shared.devstack.pipeline import start_ingest
 
@@ -99,7 +104,7 @@ def ingest(settings: Settings, topics, service_logs):  # type: ignore[no-untyped
 
 
 @pytest.fixture(scope="session")
-async def raw_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
+async def raw_tap(settings: Settings, topics: Topics) -> AsyncIterator[TopicTap]:
     """Every record of traces.raw of this session, read from the beginning."""
     from shared.devstack.pipeline import TopicTap
 
@@ -108,7 +113,7 @@ async def raw_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def router(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
+def router(settings: Settings, topics: Topics, service_logs: Path) -> Iterator[Service]:
     """``python -m router_worker`` as a real process (consumer group of this session's topics)."""
     from shared.devstack.pipeline import start_worker
 
@@ -118,7 +123,7 @@ def router(settings: Settings, topics, service_logs):  # type: ignore[no-untyped
 
 
 @pytest.fixture(scope="session")
-def storage(settings: Settings, topics, service_logs):  # type: ignore[no-untyped-def]
+def storage(settings: Settings, topics: Topics, service_logs: Path) -> Iterator[Service]:
     """``python -m storage_worker`` as a real process, flushing last-used times every 0.5 s."""
     from shared.devstack.pipeline import start_worker
 
@@ -130,7 +135,7 @@ def storage(settings: Settings, topics, service_logs):  # type: ignore[no-untype
 
 
 @pytest.fixture(scope="session")
-async def routed_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
+async def routed_tap(settings: Settings, topics: Topics) -> AsyncIterator[TopicTap]:
     """Every record of traces.routed of this session, read from the beginning."""
     from shared.devstack.pipeline import TopicTap
 
@@ -139,7 +144,7 @@ async def routed_tap(settings: Settings, topics):  # type: ignore[no-untyped-def
 
 
 @pytest.fixture(scope="session")
-async def dlq_tap(settings: Settings, topics):  # type: ignore[no-untyped-def]
+async def dlq_tap(settings: Settings, topics: Topics) -> AsyncIterator[TopicTap]:
     """Every record of traces.dlq of this session, read from the beginning."""
     from shared.devstack.pipeline import TopicTap
 

@@ -14,6 +14,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where a local stack is started, not by every test run
+    from shared.devstack.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +27,7 @@ class Services:
     database_url: str
     bootstrap: str
     origin: str
-    stack: object | None = None  # the local Stack, for fault tests that restart a component
+    stack: Stack | None = None  # the local stack, for fault tests that restart a component
     extra: dict[str, str] = field(default_factory=dict)
 
 

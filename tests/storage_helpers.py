@@ -17,7 +17,8 @@ from aiokafka.structs import ConsumerRecord
 from shared.contracts.envelope import Hints, RawEnvelope, RoutedEnvelope, encode, message_key, routed
 from shared.contracts.ids import uuid7
 from shared.devstack.pipeline import Tenant
-from shared.runtime.kafka import make_producer
+from shared.registry.validation import one
+from shared.runtime.kafka import Record, make_producer
 from shared.runtime.settings import Settings
 
 SEED_BODY = b'{ "data": { "input": "...", "output": "..." } }'
@@ -81,7 +82,7 @@ async def eventually(
 
 def consumer_record(
     value: bytes | None, *, key: bytes | None = b"k", offset: int = 0, headers: Any = ()
-) -> ConsumerRecord[bytes, bytes]:
+) -> Record:
     return ConsumerRecord(
         topic="traces.routed",
         partition=0,
@@ -123,5 +124,5 @@ async def count_stored(settings: Settings, ids: list[uuid.UUID]) -> tuple[int, i
         libpq_url(settings.database_url), autocommit=True, connect_timeout=3
     ) as conn:
         cur = await conn.execute("SELECT count(*), count(DISTINCT id) FROM traces WHERE id = ANY(%s)", (ids,))
-        rows, distinct = await cur.fetchone()  # type: ignore[misc]
+        rows, distinct = one(await cur.fetchone())
         return rows, distinct

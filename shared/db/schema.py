@@ -8,6 +8,8 @@ scoped platforms were all deleted stays restricted (to nothing) instead of silen
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -41,7 +43,7 @@ metadata = MetaData(
 )
 
 
-def _now() -> Column:  # type: ignore[type-arg]
+def _now() -> Column[dt.datetime]:
     return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
 
 

@@ -11,15 +11,16 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import registry
+from shared.runtime.kafka import Record
 from shared.runtime.settings import Settings, libpq_url
 
 
@@ -179,7 +180,7 @@ class TopicTap:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.settings, self.topic = settings, topic
-        self.records: list[ConsumerRecord[bytes, bytes]] = []
+        self.records: list[Record] = []
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._new = asyncio.Event()
@@ -225,7 +226,7 @@ class TopicTap:
         if self._consumer:
             await self._consumer.stop()
 
-    async def wait_for(self, key: bytes, timeout: float = 15.0) -> ConsumerRecord[bytes, bytes]:
+    async def wait_for(self, key: bytes, timeout: float = 15.0) -> Record:
         found = await self.wait_for_all(lambda r: r.key == key, 1, timeout)
         return found[0]
 
@@ -244,8 +245,8 @@ class TopicTap:
                 pass
 
     async def wait_for_all(
-        self, predicate, count: int, timeout: float = 30.0
-    ) -> list[ConsumerRecord[bytes, bytes]]:  # type: ignore[no-untyped-def]
+        self, predicate: Callable[[Record], bool], count: int, timeout: float = 30.0
+    ) -> list[Record]:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             found = [r for r in self.records if predicate(r)]

@@ -53,6 +53,7 @@ def plan(tenant: Tenant, n: int, *, seed: int = 7, all_external_ids: bool = Fals
     latest: dict[str, int] = {}  # external id → index of its newest version so far
     run = uuid.uuid4().hex[:8]
     for i in range(n):
+        body: dict[str, object]
         roll = rng.random()
         ext = f"{run}-{i}" if all_external_ids or rng.random() < 0.5 else None
         if roll < 0.35:
@@ -185,7 +186,7 @@ class Report:
         return "\n".join(lines)
 
 
-async def _rows(settings: Settings, project: uuid.UUID) -> dict[bytes, tuple[str, object]]:
+async def _rows(settings: Settings, project: uuid.UUID) -> dict[bytes, tuple[str, tuple[object, object]]]:
     async with await psycopg.AsyncConnection.connect(libpq_url(settings.database_url)) as conn:
         cur = await conn.execute(
             "SELECT id, external_id, payload, external_metadata FROM traces WHERE project_id = %s", (project,)

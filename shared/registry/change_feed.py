@@ -33,7 +33,7 @@ class ChangeFeed:
     def __init__(
         self,
         dsn: str,
-        reload: Callable[[], Awaitable[None]],
+        reload: Callable[[], Awaitable[object]],  # what it returns is not used
         *,
         on_change: Callable[[dict[str, Any]], None] | None = None,
         refresh_interval: float = 30.0,

@@ -10,12 +10,10 @@ from collections.abc import AsyncIterator
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 from shared.contracts import dlq
 from shared.contracts.envelope import RawEnvelope, decode_raw
-
-Record = ConsumerRecord[bytes, bytes]
+from shared.runtime.kafka import Record
 
 
 class DlqEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 
 from shared.contracts.topics import Topics
 from shared.runtime.settings import Settings
+
+# One record as every consumer here reads it: raw bytes in, decoding is the caller's step.
+# (aiokafka ships no type information, so to mypy this is ``Any``; the name still says what is meant.)
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",

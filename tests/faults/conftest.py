@@ -6,6 +6,7 @@ the processes these tests kill, and the tests' counts stay exact."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -33,6 +34,6 @@ async def tenant(settings: Settings, topics: Topics) -> Tenant:
 
 
 @pytest.fixture(scope="session")
-async def raw_tap(settings: Settings, topics: Topics):  # type: ignore[no-untyped-def]
+async def raw_tap(settings: Settings, topics: Topics) -> AsyncIterator[TopicTap]:
     async with TopicTap(settings, topics.raw) as tap:
         yield tap

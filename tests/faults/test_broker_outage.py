@@ -46,6 +46,7 @@ from shared.devstack.pipeline import (
     start_ingest,
     start_worker,
 )
+from shared.devstack.stack import Stack
 from shared.runtime.kafka import ensure_topics, kafka_ready
 from shared.runtime.settings import Settings
 from tests.services import Services
@@ -61,13 +62,13 @@ LOGICAL_TRACES = 6
 
 @dataclass
 class BrokerControl:
-    stack: object  # shared.devstack.stack.Stack
+    stack: Stack
     bootstrap: str
     paused: int | None = None
 
     @property
     def pidfile(self) -> Path:
-        return self.stack.broker.pidfile  # type: ignore[attr-defined]
+        return self.stack.broker.pidfile
 
     def kill(self) -> None:
         pid = processes.running(self.pidfile)
@@ -92,7 +93,7 @@ class BrokerControl:
         processes.stop(pid, timeout=60)
 
     def start(self) -> None:
-        self.stack.broker.start()  # type: ignore[attr-defined]
+        self.stack.broker.start()
 
     async def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

@@ -6,6 +6,7 @@ import asyncio
 import re
 import signal
 import uuid
+from pathlib import Path
 
 import aiohttp
 
@@ -16,8 +17,8 @@ BODY = b'{"data": {"input": "...", "output": "..."}}'
 
 
 async def test_sigterm_finishes_in_flight_requests(
-    settings: Settings, tenant: Tenant, raw_tap: TopicTap, service_logs
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, tenant: Tenant, raw_tap: TopicTap, service_logs: Path
+) -> None:
     service = start_ingest(settings, service_logs)
     run = uuid.uuid4().hex
     accepted: list[str] = []
@@ -55,7 +56,7 @@ async def test_sigterm_finishes_in_flight_requests(
     assert "draining" in service.log.read_text()
 
 
-async def test_two_workers_share_one_port(settings: Settings, tenant: Tenant, service_logs) -> None:  # type: ignore[no-untyped-def]
+async def test_two_workers_share_one_port(settings: Settings, tenant: Tenant, service_logs: Path) -> None:
     service = start_ingest(settings, service_logs, INGEST_WORKERS="2")
     try:
         for _ in range(40):

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+from shared.contracts.topics import Topics
 from shared.devstack.pipeline import Service, TopicTap, make_tenant, service_env
 from shared.runtime.settings import Settings
 from tests.router_helpers import post
@@ -57,8 +58,8 @@ async def test_tail_and_stats_filter_by_key_and_reason(
 
 
 async def test_kcat_reads_the_same_headers(
-    settings: Settings, topics, ingest: Service, router: Service, dlq_tap: TopicTap
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, topics: Topics, ingest: Service, router: Service, dlq_tap: TopicTap
+) -> None:
     import shutil
 
     kcat = shutil.which("kcat") or shutil.which("kafkacat")

@@ -4,6 +4,7 @@ with its expected reason, and the stages' Prometheus counters agree (bench/harne
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import msgspec
 
@@ -13,7 +14,7 @@ from shared.runtime.kafka import ensure_topics
 from shared.runtime.settings import Settings
 
 
-async def test_mixed_traffic_reconciles_exactly(settings: Settings, service_logs) -> None:  # type: ignore[no-untyped-def]
+async def test_mixed_traffic_reconciles_exactly(settings: Settings, service_logs: Path) -> None:
     # A pipeline of its own (topics, consumer groups, processes), so its counters are its alone.
     own = msgspec.structs.replace(settings, kafka_topic_prefix=f"e2e{uuid.uuid4().hex[:6]}.")
     topics = await ensure_topics(own)

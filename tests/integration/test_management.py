@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -40,7 +41,7 @@ def registry_events(listener: psycopg.Connection, timeout: float, *about: uuid.U
 
 
 @pytest.fixture
-def listener(settings: Settings):  # type: ignore[no-untyped-def]
+def listener(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(libpq_url(settings.database_url), autocommit=True) as conn:
         conn.execute(f"LISTEN {REGISTRY_CHANNEL}")
         yield conn

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from google.rpc import code_pb2
 from google.rpc.status_pb2 import Status
+from multidict import CIMultiDictProxy
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -154,7 +155,7 @@ async def wait_trace(
 
 async def post(
     ingest: Service, path: str, body: bytes, headers: dict[str, str]
-) -> tuple[int, bytes, aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, bytes, CIMultiDictProxy[str]]:
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{ingest.url}{path}", data=body, headers=headers) as resp:
             return resp.status, await resp.read(), resp.headers

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import psycopg
@@ -33,8 +34,8 @@ def new_trace() -> str:
 
 
 def part(
-    tenant: Tenant, trace_hex: str, *spans: otlp.CanonicalSpan, at: dt.datetime = T0, **kwargs
-) -> Pending:  # type: ignore[no-untyped-def]
+    tenant: Tenant, trace_hex: str, *spans: otlp.CanonicalSpan, at: dt.datetime = T0, **kwargs: Any
+) -> Pending:
     decoded = decode_record(
         consumer_record(encode(otlp_envelope(tenant, trace_hex, list(spans), received_at=at, **kwargs)))
     )
@@ -160,7 +161,7 @@ async def write(traces_db: Database, items: list[Pending]) -> WriteResult:
 
 async def stored(
     adb: psycopg.AsyncConnection, tenant: Tenant, trace_hex: str
-) -> tuple[tuple, dict[str, dict]]:  # type: ignore[type-arg]
+) -> tuple[tuple[Any, ...], dict[str, dict[str, Any]]]:
     cur = await adb.execute(
         """SELECT id, platform_id, received_at, stored_at, updated_at, payload, metadata FROM traces
            WHERE project_id = %s AND external_id = %s""",

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import psycopg
 
@@ -119,8 +120,8 @@ async def wait_count(settings: Settings, project_id: uuid.UUID, expected: int, t
 
 
 async def test_replay_raw_time_range_after_a_routing_fix(
-    settings: Settings, ingest: Service, router: Service, storage: Service, dlq_tap: TopicTap, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, ingest: Service, router: Service, storage: Service, dlq_tap: TopicTap, tmp_path: Path
+) -> None:
     import datetime as dt
 
     tenant = await make_tenant(settings)
@@ -154,8 +155,8 @@ async def test_replay_raw_time_range_after_a_routing_fix(
 
 
 async def test_replay_file_backfills_and_reruns_add_nothing(
-    settings: Settings, ingest: Service, router: Service, storage: Service, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings, ingest: Service, router: Service, storage: Service, tmp_path: Path
+) -> None:
     tenant = await make_tenant(settings)
     archive = tmp_path / "traces.jsonl"
     lines = [json.dumps({"data": {"i": i}}) for i in range(200)]

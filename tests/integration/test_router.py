@@ -6,23 +6,23 @@ from __future__ import annotations
 import asyncio
 import signal
 import uuid
+from pathlib import Path
 
 import psycopg
-from aiokafka.structs import ConsumerRecord
 
 from shared import registry
 from shared.contracts.dlq import read_headers
 from shared.contracts.envelope import decode_routed
 from shared.contracts.topics import Topics
 from shared.devstack.pipeline import Service, Tenant, TopicTap, make_tenant, metric_value, start_worker
-from shared.runtime.kafka import make_producer
+from shared.runtime.kafka import Record, make_producer
 from shared.runtime.settings import Settings, libpq_url
 from tests.router_helpers import post
 
 
 async def outcome(
     tenant: Tenant, trace_id: str, routed_tap: TopicTap, dlq_tap: TopicTap, timeout: float = 20
-) -> ConsumerRecord[bytes, bytes]:
+) -> Record:
     key = f"{tenant.project_id}:{trace_id}".encode()
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
@@ -34,13 +34,13 @@ async def outcome(
     raise AssertionError(f"trace {trace_id} reached neither traces.routed nor traces.dlq")
 
 
-def routed_to(record: ConsumerRecord[bytes, bytes], topics: Topics) -> tuple[uuid.UUID, str]:
+def routed_to(record: Record, topics: Topics) -> tuple[uuid.UUID, str]:
     assert record.topic == topics.routed, read_headers(record.headers)
     envelope = decode_routed(record.value)
     return envelope.routed_platform_id, envelope.resolved_by
 
 
-def dead_lettered(record: ConsumerRecord[bytes, bytes], topics: Topics, reason: str) -> dict[str, str]:
+def dead_lettered(record: Record, topics: Topics, reason: str) -> dict[str, str]:
     assert record.topic == topics.dlq, f"routed instead of dead-lettered ({reason})"
     headers = read_headers(record.headers)
     assert headers["dlq-reason"] == reason, headers
@@ -174,8 +174,13 @@ async def test_poison_records_never_block_the_partition(
 
 
 async def test_kill_9_mid_stream_loses_nothing(
-    settings: Settings, tenant: Tenant, topics: Topics, routed_tap: TopicTap, service_logs, router: Service
-) -> None:  # type: ignore[no-untyped-def]
+    settings: Settings,
+    tenant: Tenant,
+    topics: Topics,
+    routed_tap: TopicTap,
+    service_logs: Path,
+    router: Service,
+) -> None:
     """Routers share the group; one is killed -9 mid-stream, the others take over its partitions."""
     from tests.router_helpers import keys_of, produce_raw, raw_envelopes
 
@@ -194,7 +199,9 @@ async def test_kill_9_mid_stream_loses_nothing(
         replacement.stop()
 
 
-async def test_sigterm_drains_and_exits_cleanly(settings: Settings, topics: Topics, service_logs) -> None:  # type: ignore[no-untyped-def]
+async def test_sigterm_drains_and_exits_cleanly(
+    settings: Settings, topics: Topics, service_logs: Path
+) -> None:
     worker = start_worker("router_worker", settings, service_logs)
     assert await asyncio.to_thread(worker.stop) == 0
     assert "stopping: last batch done and committed" in worker.log.read_text()

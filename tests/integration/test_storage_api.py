@@ -18,6 +18,7 @@ import psycopg
 from shared import registry
 from shared.contracts.topics import Topics
 from shared.devstack.pipeline import Service, Tenant, make_tenant, start_worker
+from shared.registry.validation import one
 from shared.runtime.settings import Settings
 from tests.storage_helpers import SEED_BODY, eventually, produce, routed_envelope
 
@@ -178,11 +179,11 @@ async def test_seed_curl_through_the_whole_pipeline(
             "SELECT received_at FROM traces WHERE project_id = %s AND external_id = %s",
             (tenant.project_id, ext),
         )
-        newest = (await cur.fetchone())[0]
+        newest = one(await cur.fetchone())[0]
 
         async def used() -> bool:
             cur = await adb.execute("SELECT last_used_at FROM api_keys WHERE id = %s", (key.id,))
-            return (await cur.fetchone())[0] == newest
+            return one(await cur.fetchone())[0] == newest
 
         await eventually(used, timeout=10, what="last_used_at to be set")
     finally:

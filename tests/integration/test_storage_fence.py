@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -17,6 +18,7 @@ from shared import registry
 from shared.contracts.envelope import encode
 from shared.db import cancellations, migrate
 from shared.devstack.pipeline import Tenant
+from shared.registry.validation import one
 from shared.runtime.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.rows import Pending, decode_record
@@ -32,7 +34,7 @@ async def traces_db(settings: Settings) -> AsyncIterator[Database]:
     await database.close()
 
 
-def item(tenant: Tenant, **kwargs) -> Pending:  # type: ignore[no-untyped-def]
+def item(tenant: Tenant, **kwargs: Any) -> Pending:
     decoded = decode_record(consumer_record(encode(routed_envelope(tenant, **kwargs))))
     assert isinstance(decoded, Pending)
     return decoded
@@ -40,7 +42,7 @@ def item(tenant: Tenant, **kwargs) -> Pending:  # type: ignore[no-untyped-def]
 
 async def count(adb: psycopg.AsyncConnection, ids: list[uuid.UUID]) -> int:
     cur = await adb.execute("SELECT count(*) FROM traces WHERE id = ANY(%s)", (ids,))
-    return (await cur.fetchone())[0]  # type: ignore[index]
+    return one(await cur.fetchone())[0]
 
 
 async def test_a_trace_routed_to_a_deleted_platform_is_not_stored(

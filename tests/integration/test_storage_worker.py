@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import Awaitable
 
 import msgspec
 import psycopg
@@ -16,6 +17,7 @@ from shared.contracts import dlq
 from shared.contracts.envelope import encode
 from shared.contracts.topics import Topics
 from shared.devstack.pipeline import Service, Tenant, TopicTap, metric_value
+from shared.registry.validation import one
 from shared.runtime.settings import Settings
 from tests.storage_helpers import body, eventually, key_of, produce, routed_envelope
 
@@ -24,7 +26,7 @@ FLUSH_SECONDS = 0.5
 
 async def stored(adb: psycopg.AsyncConnection, ids: list[uuid.UUID]) -> int:
     cur = await adb.execute("SELECT count(*) FROM traces WHERE id = ANY(%s)", (ids,))
-    return (await cur.fetchone())[0]
+    return one(await cur.fetchone())[0]
 
 
 async def row_by_external_id(adb: psycopg.AsyncConnection, tenant: Tenant, external_id: str) -> dict | None:
@@ -131,10 +133,10 @@ async def test_replaying_the_same_routed_messages_adds_no_row(
         "SELECT count(*) FROM traces WHERE project_id = %s AND external_id = ANY(%s)",
         (tenant.project_id, [e.external_id for e in envelopes if e.external_id]),
     )
-    assert (await cur.fetchone())[0] == 20
+    assert one(await cur.fetchone())[0] == 20
 
 
-async def _equals(value, expected: int) -> bool:  # type: ignore[no-untyped-def]
+async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
 
 
@@ -146,7 +148,7 @@ async def test_last_used_at_moves_forward_within_seconds_and_never_backwards(
 
     async def last_used() -> dt.datetime | None:
         cur = await adb.execute("SELECT last_used_at FROM api_keys WHERE id = %s", (created.id,))
-        return (await cur.fetchone())[0]
+        return one(await cur.fetchone())[0]
 
     now = dt.datetime.now(dt.UTC)
     newest = routed_envelope(tenant, key=created.name, received_at=now)
@@ -172,7 +174,7 @@ async def test_last_used_at_moves_forward_within_seconds_and_never_backwards(
     assert storage.proc.poll() is None
 
 
-async def _is(value, expected: dt.datetime) -> bool:  # type: ignore[no-untyped-def]
+async def _is(value: Awaitable[dt.datetime | None], expected: dt.datetime) -> bool:
     return await value == expected
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from shared import registry
 from shared.contracts.envelope import encode
 from shared.devstack.pipeline import Tenant
+from shared.registry.validation import one
 from shared.runtime.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.last_used import LastUsedTracker, flush, write_marks
@@ -32,7 +34,7 @@ async def traces_db(settings: Settings) -> AsyncIterator[Database]:
     await database.close()
 
 
-def item(tenant: Tenant, **kwargs) -> Pending:  # type: ignore[no-untyped-def]
+def item(tenant: Tenant, **kwargs: Any) -> Pending:
     decoded = decode_record(consumer_record(encode(routed_envelope(tenant, **kwargs))))
     assert isinstance(decoded, Pending)
     return decoded
@@ -102,7 +104,7 @@ async def test_poison_rows_are_isolated_and_the_rest_stored(
         assert str(rejected.pending.row.id) in rejected.detail
         assert "\\u0000 cannot be converted to text" in rejected.detail
     cur = await adb.execute("SELECT count(*) FROM traces WHERE id = ANY(%s)", ([i.row.id for i in items],))
-    assert (await cur.fetchone())[0] == 47
+    assert one(await cur.fetchone())[0] == 47
 
 
 async def test_a_killed_connection_is_reopened(
@@ -129,7 +131,7 @@ async def test_last_used_update_is_coalesced_monotonic_and_skips_deleted_keys(
 
     async def last_used() -> dt.datetime | None:
         cur = await adb.execute("SELECT last_used_at FROM api_keys WHERE id = %s", (kept.id,))
-        return (await cur.fetchone())[0]
+        return one(await cur.fetchone())[0]
 
     database = Database(libpq_url(settings.database_url), name="test last_used")
     try:

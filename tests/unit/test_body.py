@@ -7,13 +7,13 @@ import uuid
 import msgspec
 import pytest
 
-from ingest_api.body import BodyInvalid, parse_body
+from ingest_api.body import BodyInvalid, ParsedBody, parse_body
 from shared.contracts.envelope import Hints
 
 P1, P2 = uuid.uuid4(), uuid.uuid4()
 
 
-def ok(body: object) -> object:
+def ok(body: object) -> ParsedBody:
     return parse_body(msgspec.json.encode(body))
 
 
@@ -55,6 +55,7 @@ def test_nested_platform_id_alone() -> None:
 
 
 def test_data_may_be_any_value_but_null() -> None:
+    value: object
     for value in ("text", 0, False, [], {}):
         assert ok({"data": value}).shape == "data"
     assert bad({"data": None}).details[0].path == "data"

@@ -14,9 +14,9 @@ from ingest_api.responses import ApiError
 BODY = b'{"data": {"input": "...", "output": "..."}}'
 
 
-def err(*args: object) -> ApiError:
+def err(data: bytes, content_type: str, content_encoding: str, limit: int) -> ApiError:
     with pytest.raises(ApiError) as info:
-        decode_content(*args)  # type: ignore[arg-type]
+        decode_content(data, content_type, content_encoding, limit)
     return info.value
 
 

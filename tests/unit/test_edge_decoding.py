@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import msgspec
 import pytest
@@ -241,9 +242,9 @@ def test_otlp_values_at_the_limit_decode_in_both_encodings(kind: str, where: str
         decode_protobuf(_protobuf_request(MAX_VALUE_DEPTH, kind, where)),
     ):
         assert not decoded.rejected and len(decoded.parts) == 1
-        value = _deep_attribute(decoded, where)
+        value: Any = _deep_attribute(decoded, where)  # nested lists and dicts, walked below
         for _ in range(MAX_VALUE_DEPTH):
-            value = value[0] if kind == "arrayValue" else value["k"]  # type: ignore[index]
+            value = value[0] if kind == "arrayValue" else value["k"]
         assert value == "leaf"
     assert ExportTraceServiceRequest.FromString(_protobuf_request(3, kind, where)).resource_spans
 

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 
+import pytest
 import structlog
 
 from shared.runtime.logging import configure_logging, redact_keys
@@ -20,7 +21,7 @@ def test_redacts_nested_values() -> None:
     assert out["headers"]["x-api-key"] == "mibo_[REDACTED]"
 
 
-def test_configured_json_logger_redacts(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_configured_json_logger_redacts(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("json", "info", service="test")
     structlog.get_logger().info("auth failed", presented=KEY)
     line = capsys.readouterr().err.strip().splitlines()[-1]

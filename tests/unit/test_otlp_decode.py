@@ -276,11 +276,13 @@ def test_partial_success_answer_in_both_encodings() -> None:
     )
     proto = export_response(outcome, "protobuf")
     assert (proto.status, proto.content_type) == (200, "application/x-protobuf")
-    answer = ExportTraceServiceResponse.FromString(proto.body)  # type: ignore[arg-type]
+    assert isinstance(proto.body, bytes)
+    answer = ExportTraceServiceResponse.FromString(proto.body)
     assert answer.partial_success.rejected_spans == 3
     as_json = export_response(outcome, "json")
     assert as_json.content_type == "application/json"
-    decoded = json_format.Parse(as_json.body, ExportTraceServiceResponse())  # type: ignore[arg-type]
+    assert isinstance(as_json.body, bytes)
+    decoded = json_format.Parse(as_json.body, ExportTraceServiceResponse())
     assert decoded == answer
     full = export_response(Outcome([], []), "json")
     assert full.body == b"{}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import msgspec
 import pytest
@@ -29,7 +30,7 @@ def tenant() -> Tenant:
     return t
 
 
-def pending(tenant: Tenant, offset: int = 0, **kwargs) -> Pending:  # type: ignore[no-untyped-def]
+def pending(tenant: Tenant, offset: int = 0, **kwargs: Any) -> Pending:
     decoded = decode_record(consumer_record(encode(routed_envelope(tenant, **kwargs)), offset=offset))
     assert isinstance(decoded, Pending), decoded
     return decoded

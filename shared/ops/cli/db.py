@@ -29,7 +29,7 @@ def current(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     db = groups.add_parser("db", help="database migrations")
     sub = db.add_subparsers(dest="action", required=True)
     p = sub.add_parser("upgrade", help="apply migrations (default: to the latest)")

@@ -69,7 +69,7 @@ def logs(args: argparse.Namespace) -> int:
         time.sleep(0.5)
 
 
-def register(groups: argparse._SubParsersAction) -> None:
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dev = groups.add_parser("dev", help="the local stack: Kafka, PostgreSQL and the services")
     dev.add_argument(
         "--dir",

@@ -214,7 +214,7 @@ def stats(args: argparse.Namespace) -> int:
     return asyncio.run(_stats(args))
 
 
-def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = groups.add_parser("dlq", help="browse and count the dead-letter topic")
     sub = group.add_subparsers(dest="action", required=True)
     p = sub.add_parser("tail", help="list dead-lettered records (oldest first)")

@@ -98,7 +98,7 @@ def revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = groups.add_parser("keys", help="API keys of a project: create, list, revoke")
     sub = group.add_subparsers(dest="action", required=True, metavar="ACTION")
 

@@ -110,7 +110,7 @@ def delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = groups.add_parser(
         "platforms", help="platforms (agents) of a project: create, list, update, delete"
     )

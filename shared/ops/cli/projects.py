@@ -79,7 +79,7 @@ def delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = groups.add_parser("projects", help="projects: create, list, rename, delete")
     sub = group.add_subparsers(dest="action", required=True, metavar="ACTION")
 

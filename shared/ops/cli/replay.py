@@ -103,7 +103,7 @@ def file(args: argparse.Namespace) -> int:
     return 0 if summary.rejected == 0 else 1
 
 
-def register(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = groups.add_parser("replay", help="batch replays: re-drive traces.raw, backfill JSONL archives")
     sub = group.add_subparsers(dest="action", required=True)
     p = sub.add_parser("raw", help="re-drive a time range of traces.raw through the router")
