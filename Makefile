@@ -23,9 +23,7 @@ tools:
 run: install
 	$(BIN)/mibo-ingest dev up
 
-test: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint
 	$(BIN)/pytest
 
 down:
@@ -47,9 +45,12 @@ chaos: install
 	$(BIN)/mibo-ingest dev up --no-services
 	$(BIN)/python -m bench.chaos
 
+# ruff (lint + format), the type checker, and the import layers (README: Architecture).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: install
 	$(BIN)/ruff check --fix .
