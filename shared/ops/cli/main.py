@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from shared.ops.cli import db, dev, dlq, keys, platforms, projects, replay
+from shared.runtime.logging import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Log lines (ours and the libraries') go to stderr, redacted, like every service's.
+    configure_logging(
+        os.environ.get("LOG_FORMAT", "auto"), os.environ.get("LOG_LEVEL", "info"), service="mibo-ingest"
+    )
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
