@@ -1,7 +1,9 @@
 """Request bodies on the wire: content types, encodings, size limits, bounded decompression.
 
 Limits apply to what arrives and again to what it inflates to, and decompression stops as soon as
-the output passes the limit, so a small gzip bomb costs at most ``limit`` bytes of memory.
+the output passes the limit, so a small gzip bomb costs at most ``limit`` bytes of memory. A
+compressed body is exactly one gzip member or one zstd frame: anything after it is refused (400),
+never silently dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from aiohttp import web
 from ingest_api.responses import ApiError, Detail
 
 GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 JSON_TYPES = {"application/json", "text/json"}
 PROTOBUF_TYPES = {"application/x-protobuf", "application/protobuf"}  # OTLP/HTTP's binary encoding
 CHUNK = 64 * 1024
@@ -50,28 +53,66 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
-    """Inflate in pieces of CHUNK bytes, so a refused bomb never holds more than ``limit``."""
+    """Inflate in pieces of CHUNK bytes, so a refused bomb never holds more than ``limit``.
+
+    Exactly one gzip member: a second member or any trailing bytes are refused, not dropped."""
     inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
     pieces: list[bytes] = []
     size = 0
+    pending = data
     try:
         while not inflater.eof:
-            piece = inflater.decompress(data, CHUNK)
-            data = inflater.unconsumed_tail
+            piece = inflater.decompress(pending, CHUNK)
+            pending = inflater.unconsumed_tail
             size += len(piece)
             if size > limit:
                 raise too_large(limit, "Decompressed body")
             pieces.append(piece)
-            if not piece and not data:
+            if not piece and not pending:
                 break  # input exhausted before the end of the stream
     except zlib.error as exc:
         raise _bad_encoding("gzip", exc) from None
     if not inflater.eof:
-        raise _bad_encoding("gzip", "truncated stream")
+        raise _bad_encoding("gzip", "the stream is truncated")
+    trailing = inflater.unused_data
+    if trailing.startswith(GZIP_MAGIC):
+        raise _bad_encoding(
+            "gzip", "it holds more than one gzip member; send the body as a single gzip stream"
+        )
+    if trailing:
+        raise _bad_encoding("gzip", f"{len(trailing)} bytes follow the end of the gzip stream")
     return b"".join(pieces)
 
 
+def _zstd_frame_end(data: bytes) -> int | None:
+    """Where the first zstd frame of ``data`` ends, found by walking its block headers (RFC 8878
+    §3.1.1.2); None when the frame is truncated or its header unreadable."""
+    try:
+        checksum = 4 if zstandard.get_frame_parameters(data).has_checksum else 0
+        pos = zstandard.frame_header_size(data)
+    except zstandard.ZstdError:
+        return None
+    while pos + 3 <= len(data):
+        header = int.from_bytes(data[pos : pos + 3], "little")
+        last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+        pos += 3 + (1 if kind == 1 else size)  # an RLE block stores its one byte
+        if last:
+            return pos + checksum if pos + checksum <= len(data) else None
+    return None
+
+
 def _unzstd(data: bytes, limit: int) -> bytes:
+    """Exactly one zstd frame, decompressed within ``limit``: more frames or trailing bytes are
+    refused, not dropped."""
+    end = _zstd_frame_end(data)
+    if end is None:
+        if data.startswith(ZSTD_MAGIC):
+            raise _bad_encoding("zstd", "the frame is truncated")
+        raise _bad_encoding("zstd", "it does not start with a zstd frame")
+    if end < len(data):
+        if data[end : end + 4] == ZSTD_MAGIC:
+            raise _bad_encoding("zstd", "it holds more than one zstd frame; send the body as a single frame")
+        raise _bad_encoding("zstd", f"{len(data) - end} bytes follow the end of the zstd frame")
     pieces: list[bytes] = []
     size = 0
     try:
