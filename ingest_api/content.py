@@ -1,19 +1,30 @@
-"""Request bodies on the wire: content types, encodings, size limits, bounded decompression.
+"""Request bodies on the wire: content types, encodings, size limits, bounded decompression,
+bounded read time and a per-process budget of body bytes in flight.
 
 Limits apply to what arrives and again to what it inflates to, and decompression stops as soon as
 the output passes the limit, so a small gzip bomb costs at most ``limit`` bytes of memory. A
 compressed body is exactly one gzip member or one zstd frame: anything after it is refused (400),
 never silently dropped.
+
+Reading a body has a deadline across all its chunks (``BODY_READ_TIMEOUT_SECONDS``, 408), so a
+client that never finishes a body does not hold its connection and its memory forever. And every
+body's bytes count against one budget per process (``MAX_INFLIGHT_BYTES``): reserved from
+``Content-Length`` before reading when it is known, chunk by chunk otherwise, and for what a body
+inflates to; released when the request is answered. A request that does not fit is answered 503
+with ``Retry-After`` at once, instead of growing the process (a request always fits an empty budget,
+so a budget below ``MAX_BODY_BYTES`` cannot refuse everything).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import zlib
 
 import zstandard
 from aiohttp import web
 
+from ingest_api.context import SETTINGS
 from ingest_api.responses import ApiError, Detail
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -21,6 +32,84 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 JSON_TYPES = {"application/json", "text/json"}
 PROTOBUF_TYPES = {"application/x-protobuf", "application/protobuf"}  # OTLP/HTTP's binary encoding
 CHUNK = 64 * 1024
+BUSY_RETRY_AFTER_SECONDS = 1
+
+
+class InflightBudget:
+    """Bytes of request bodies held by this process, against ``limit`` (one event loop: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def try_reserve(self, size: int) -> bool:
+        if self.used and self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
+_budgets: dict[int, InflightBudget] = {}
+
+
+def inflight_budget(limit: int) -> InflightBudget:
+    """The process's budget (one per configured limit; a process has one configuration)."""
+    budget = _budgets.get(limit)
+    if budget is None:
+        budget = _budgets[limit] = InflightBudget(limit)
+    return budget
+
+
+class _Reservation:
+    """What one request holds of the budget; all of it is given back when the request's handler
+    task ends — after its answer was written, when its body is no longer referenced."""
+
+    def __init__(self, budget: InflightBudget) -> None:
+        self.budget = budget
+        self.held = 0
+        task = asyncio.current_task()
+        if task is not None:
+            task.add_done_callback(self._release)
+
+    def take(self, size: int) -> None:
+        if not self.budget.try_reserve(size):
+            raise busy()
+        self.held += size
+
+    def _release(self, _: object = None) -> None:
+        self.budget.release(self.held)
+        self.held = 0
+
+
+_RESERVATION = web.RequestKey("body_reservation", _Reservation)
+
+
+def _reservation(request: web.Request) -> _Reservation:
+    found = request.get(_RESERVATION)
+    if found is None:
+        found = request[_RESERVATION] = _Reservation(
+            inflight_budget(request.app[SETTINGS].max_inflight_bytes)
+        )
+    return found
+
+
+def busy() -> ApiError:
+    message = "The server is busy receiving other request bodies; retry shortly"
+    return ApiError(
+        503,
+        "SERVICE_UNAVAILABLE",
+        message,
+        [Detail("busy", "Too many request bytes in flight on this server", "", "server")],
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+    )
+
+
+def read_timeout(seconds: float) -> ApiError:
+    message = f"The request body was not received within {seconds:g} s"
+    return ApiError(408, "REQUEST_TIMEOUT", message, [Detail("timeout", message, "", "body")])
 
 
 def too_large(limit: int, what: str = "Body") -> ApiError:
@@ -39,16 +128,31 @@ def unsupported(message: str, location: str = "header") -> ApiError:
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes without reading them all."""
-    if request.content_length is not None and request.content_length > limit:
+    """The raw body, refusing more than ``limit`` bytes without reading them all (413), a body
+    not received within ``BODY_READ_TIMEOUT_SECONDS`` (408), and a body the process's in-flight
+    budget cannot hold (503)."""
+    length = request.content_length
+    if length is not None and length > limit:
         raise too_large(limit)
+    settings = request.app[SETTINGS]
+    reservation = _reservation(request)
+    if length is not None:
+        reservation.take(length)  # before reading anything: a refusal costs nothing
+    # Chunks in a list, joined once: no buffer that grows by reallocation (which can hold the old
+    # and the new copy at once), and a single-chunk body is returned without any copy.
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(settings.body_read_timeout_seconds):
+            while chunk := await request.content.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                if length is None or size > length:
+                    reservation.take(len(chunk))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise read_timeout(settings.body_read_timeout_seconds) from None
     return b"".join(chunks)
 
 
@@ -174,12 +278,17 @@ def decode_content(
 
 
 async def read_body(request: web.Request, limit: int, *, protobuf: bool = False) -> bytes:
-    """The request body, read within ``limit`` and decompressed within ``limit``."""
+    """The request body, read within ``limit`` and decompressed within ``limit``; what it inflated
+    to counts against the in-flight budget too."""
     raw = await read_limited(request, limit)
-    return decode_content(
+    body = decode_content(
         raw,
         request.headers.get("Content-Type", ""),
         request.headers.get("Content-Encoding", ""),
         limit,
         protobuf=protobuf,
     )
+    if body is not raw:
+        del raw  # the compressed bytes are no longer needed
+        _reservation(request).take(len(body))
+    return body

@@ -76,6 +76,29 @@ SETTINGS: tuple[Setting, ...] = (
         "`json`, `console`, or `auto` (console on a terminal, JSON otherwise).",
     ),
     Setting("LOG_LEVEL", "info", "Minimum log level: debug, info, warning, error."),
+    Setting(
+        "HEADER_READ_TIMEOUT_SECONDS",
+        "10",
+        "Longest the ingest API waits for a request's headers once a connection opens or a new "
+        "request starts; then 408 and the connection is closed.",
+    ),
+    Setting(
+        "BODY_READ_TIMEOUT_SECONDS",
+        "60",
+        "Longest the ingest API spends reading one request body, across all its chunks; then 408.",
+    ),
+    Setting(
+        "MAX_INFLIGHT_BYTES",
+        "67108864",
+        "Request body bytes one ingest process holds at once (as received and as inflated); a "
+        "request that does not fit is answered 503 with `Retry-After` at once. The process's "
+        "memory for them peaks at about 5x this (body, envelope, producer batch, compressed copy).",
+    ),
+    Setting(
+        "SHUTDOWN_TIMEOUT_SECONDS",
+        "30",
+        "Longest a service takes from SIGTERM to exit: drain, flush, then exit anyway (logged).",
+    ),
 )
 
 
@@ -102,6 +125,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     registry_refresh_seconds: float
     log_format: str
     log_level: str
+    header_read_timeout_seconds: float
+    body_read_timeout_seconds: float
+    max_inflight_bytes: int
+    shutdown_timeout_seconds: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
