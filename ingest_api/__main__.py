@@ -1,4 +1,11 @@
-"""``python -m ingest_api``: settings → logging → serve (INGEST_WORKERS processes on one port)."""
+"""``python -m ingest_api``: settings → logging → serve (INGEST_WORKERS processes on one port).
+
+Exit codes: 0 after a complete drain, 1 when something failed (or the drain ran out of time),
+2 for a configuration that cannot work, 3 when the port cannot be bound or the app cannot start.
+With ``INGEST_WORKERS`` > 1 the parent forks the workers, forwards SIGTERM/SIGINT to them, and
+exits with the first non-zero code a worker exited with — after stopping the others, since a
+process that cannot serve must not look "up" because its siblings still run.
+"""
 
 from __future__ import annotations
 
@@ -6,63 +13,124 @@ import asyncio
 import os
 import signal
 import sys
+import time
 
 import structlog
 
-from ingest_api.server import serve_forever
+from ingest_api.server import serve
 from shared.runtime.logging import configure_logging
+from shared.runtime.process import EXIT_BAD_CONFIGURATION, EXIT_FAILED, ExitWatchdog, exit_now
 from shared.runtime.settings import Settings
 
+log = structlog.get_logger("ingest_api")
 
-def _run_one(settings: Settings, reuse_port: bool) -> None:
+CHILD_GRACE_SECONDS = 5.0  # past a worker's own shutdown bound, before the parent kills it
+
+
+def _run_one(settings: Settings, reuse_port: bool) -> int:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve_forever(settings, reuse_port=reuse_port))
+    watchdog = ExitWatchdog("ingest_api", settings.shutdown_timeout_seconds).install()
+    try:
+        code = asyncio.run(serve(settings, reuse_port=reuse_port, on_signal=watchdog.arm))
+    except Exception as exc:
+        log.exception("ingest api failed; exiting", error=repr(exc))
+        code = EXIT_FAILED
+    watchdog.finished(code)  # whatever still runs (threads, the interpreter's exit) is bounded
+    return code
+
+
+def _exit_code(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell says
 
 
 def _run_many(settings: Settings) -> int:
-    """Fork the workers before any event loop exists; forward SIGTERM/SIGINT; wait for all."""
-    children: list[int] = []
-    for _ in range(settings.ingest_workers):
+    """Fork the workers before any event loop exists; forward SIGTERM/SIGINT; wait for all. A
+    worker that exits non-zero stops the others, and the parent exits non-zero too."""
+    children: dict[int, int] = {}  # pid -> worker number
+    for number in range(settings.ingest_workers):
         pid = os.fork()
         if pid == 0:
-            _run_one(settings, reuse_port=True)
-            os._exit(0)
-        children.append(pid)
+            code = EXIT_FAILED
+            try:
+                code = _run_one(settings, reuse_port=True)
+            finally:
+                exit_now(code)  # a forked child never returns into the parent's code
+        children[pid] = number
 
-    def forward(signum: int, _frame: object) -> None:
+    stopping_since: float | None = None
+
+    def stop_all(signum: int = signal.SIGTERM) -> None:
+        nonlocal stopping_since
+        if stopping_since is None:
+            stopping_since = time.monotonic()
         for child in children:
             try:
                 os.kill(child, signum)
             except ProcessLookupError:
                 pass
 
+    def forward(signum: int, _frame: object) -> None:
+        stop_all(signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     status = 0
-    for child in children:
-        _, code = os.waitpid(child, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+    kill_after = settings.shutdown_timeout_seconds + CHILD_GRACE_SECONDS
+    while children:
+        pid, raw = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            if stopping_since is not None and time.monotonic() - stopping_since > kill_after:
+                log.error(
+                    "ingest workers did not stop in time; killing them",
+                    pids=sorted(children),
+                    timeout_seconds=kill_after,
+                )
+                stop_all(signal.SIGKILL)
+                status = status or EXIT_FAILED
+                stopping_since = time.monotonic()
+            time.sleep(0.1)
+            continue
+        if pid not in children:
+            continue
+        number = children.pop(pid)
+        code = _exit_code(raw)
+        if code != 0 and stopping_since is None:
+            log.error(
+                "ingest worker exited; stopping the others",
+                worker=number,
+                pid=pid,
+                exit_code=code,
+            )
+            stop_all()
+        status = status or code
     return status
 
 
 def main() -> int:
-    settings = Settings.from_env()
+    # Logging first, from the raw environment, so that a bad setting is logged like everything else.
+    configure_logging(
+        os.environ.get("LOG_FORMAT", "auto"), os.environ.get("LOG_LEVEL", "info"), service="ingest_api"
+    )
+    try:
+        settings = Settings.from_env()
+    except SystemExit as exc:
+        log.error("invalid configuration; exiting", error=str(exc.code))
+        return EXIT_BAD_CONFIGURATION
     configure_logging(settings.log_format, settings.log_level, service="ingest_api")
-    log = structlog.get_logger("ingest_api")
     if settings.uses_dev_pepper:
         log.warning("KEY_PEPPER is the built-in development default: set a secret of your own in production")
     if not settings.database_url:
         log.error("DATABASE_URL is not set")
-        return 2
+        return EXIT_BAD_CONFIGURATION
     if settings.ingest_workers > 1:
         return _run_many(settings)
-    _run_one(settings, reuse_port=True)
-    return 0
+    return _run_one(settings, reuse_port=True)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,9 @@ class RepeatFilter(logging.Filter):
         os.register_at_fork(after_in_child=self._reset)  # no thread and no held lock survive a fork
 
     def _reset(self) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a line can be logged from inside the filter itself — a garbage-collected
+        # object's __del__ (aiokafka's "Unclosed AIOKafkaProducer") runs at any allocation.
+        self._lock = threading.RLock()
         self._windows: dict[tuple[str, int, str], _Window] = {}
         self._sweeper: threading.Thread | None = None
         self._next_sweep = math.inf

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -23,9 +24,10 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from shared.contracts.topics import Topics
+from shared.runtime import process
 from shared.runtime.kafka import ensure_topics, make_consumer, make_producer
 from shared.runtime.logging import configure_logging
-from shared.runtime.settings import Settings
+from shared.runtime.settings import Settings, libpq_url
 
 log = structlog.get_logger(__name__)
 
@@ -35,10 +37,16 @@ Client = TypeVar("Client", AIOKafkaConsumer, AIOKafkaProducer)
 
 
 def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM/SIGINT; the signal also starts the process's exit watchdog."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopping() -> None:
+        process.signalled()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping)
     return stop
 
 
@@ -161,21 +169,44 @@ async def topics_when_reachable(settings: Settings, stop: asyncio.Event) -> Topi
     return None
 
 
-def run_service(name: str, run: Callable[[Settings], Awaitable[None]]) -> int:
-    """A worker's ``main``: settings → logging → (uvloop) → ``run(settings)`` until it returns."""
-    settings = Settings.from_env()
+def run_service(name: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
+    """A worker's ``main``: logging → settings → (uvloop) → ``run(settings)`` until it returns.
+
+    Whatever keeps a worker from working is logged and ends the process non-zero: a bad
+    configuration (2), a metrics port that cannot be bound or any other error ``run`` raises (1).
+    Brokers and databases that are away are not such errors: ``run`` retries them. From SIGTERM
+    on, the process ends within ``SHUTDOWN_TIMEOUT_SECONDS`` (shared.runtime.process.ExitWatchdog)."""
+    # Logging first, from the raw environment, so that a bad setting is logged like everything else.
+    configure_logging(os.environ.get("LOG_FORMAT", "auto"), os.environ.get("LOG_LEVEL", "info"), service=name)
+    service_log = structlog.get_logger(name)
+    try:
+        settings = Settings.from_env()
+        libpq_url(settings.database_url or "postgresql://")  # SystemExit for a URL of another kind
+    except SystemExit as exc:
+        service_log.error("invalid configuration; exiting", error=str(exc.code))
+        return process.EXIT_BAD_CONFIGURATION
     configure_logging(settings.log_format, settings.log_level, service=name)
     if not settings.database_url:
-        structlog.get_logger(name).error("DATABASE_URL is not set")
-        return 2
+        service_log.error("DATABASE_URL is not set")
+        return process.EXIT_BAD_CONFIGURATION
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run(settings))
-    return 0
+    watchdog = process.ExitWatchdog(name, settings.shutdown_timeout_seconds).install()
+    code = process.EXIT_OK
+    try:
+        asyncio.run(run(settings))
+    except SystemExit as exc:
+        service_log.error("invalid configuration; exiting", error=str(exc.code))
+        code = process.EXIT_BAD_CONFIGURATION
+    except Exception as exc:
+        service_log.exception(f"{name} failed; exiting", error=repr(exc))
+        code = process.EXIT_FAILED
+    watchdog.finished(code)  # whatever still runs (threads, the interpreter's exit) is bounded
+    return code
 
 
 async def start_clients(

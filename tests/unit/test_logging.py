@@ -157,3 +157,22 @@ def test_a_line_logged_while_the_interpreter_exits_does_not_hang_it() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "Unclosed thing" in done.stderr, done.stderr
+
+
+def test_a_line_logged_from_inside_the_rate_limiter_does_not_deadlock() -> None:
+    """A line can be logged while the rate limiter holds its lock (a __del__ run by the garbage
+    collector, a repr that logs): the process must go on."""
+    code = (
+        "import logging; from shared.runtime.logging import configure_logging, flush_logs\n"
+        "configure_logging('json', 'info', repeat_window=60)\n"
+        "class Noisy:\n"
+        "    def __str__(self):\n"
+        "        logging.getLogger('inner').warning('logged while formatting')\n"
+        "        return 'noisy'\n"
+        "for _ in range(2):\n"
+        "    logging.getLogger('outer').warning('value %s', Noisy())\n"
+        "flush_logs()  # closes the window: formats the held-back record under the lock\n"
+        "print('done')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr
