@@ -10,6 +10,7 @@ process that cannot serve must not look "up" because its siblings still run.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ from shared.runtime.settings import Settings
 log = structlog.get_logger("ingest_api")
 
 CHILD_GRACE_SECONDS = 5.0  # past a worker's own shutdown bound, before the parent kills it
+PR_SET_PDEATHSIG = 1
 
 
 def _run_one(settings: Settings, reuse_port: bool) -> int:
@@ -44,6 +46,18 @@ def _run_one(settings: Settings, reuse_port: bool) -> int:
     return code
 
 
+def _stop_with_parent(parent: int) -> None:
+    """A forked worker gets SIGTERM when its parent dies (``kill -9`` of the parent): it drains and
+    stops like the others, instead of serving on alone (Linux' PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return  # not Linux: the parent's own exit paths stop the workers
+    if os.getppid() != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _exit_code(status: int) -> int:
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell says
@@ -53,11 +67,13 @@ def _run_many(settings: Settings) -> int:
     """Fork the workers before any event loop exists; forward SIGTERM/SIGINT; wait for all. A
     worker that exits non-zero stops the others, and the parent exits non-zero too."""
     children: dict[int, int] = {}  # pid -> worker number
+    parent = os.getpid()
     for number in range(settings.ingest_workers):
         pid = os.fork()
         if pid == 0:
             code = EXIT_FAILED
             try:
+                _stop_with_parent(parent)
                 code = _run_one(settings, reuse_port=True)
             finally:
                 exit_now(code)  # a forked child never returns into the parent's code

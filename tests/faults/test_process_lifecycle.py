@@ -103,6 +103,37 @@ def test_a_worker_that_dies_stops_the_whole_ingest_service(settings: Settings, t
         service.stop()
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status may wait for an init that never reaps)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_workers_stop_when_their_parent_is_killed(settings: Settings, tmp_path: Path) -> None:
+    service = start_ingest(settings, tmp_path, INGEST_WORKERS="2", SHUTDOWN_TIMEOUT_SECONDS="5")
+    try:
+        deadline = time.monotonic() + 20
+        pids: set[int] = set()
+        while len(pids) < 2 and time.monotonic() < deadline:
+            text = service.log.read_text()
+            pids = {int(p) for p in re.findall(r'"pid": (\d+), "event": "ingest api listening"', text)}
+            time.sleep(0.1)
+        assert len(pids) == 2
+        service.proc.kill()  # kill -9 of the parent: nobody forwards SIGTERM any more
+        service.proc.wait(10)
+        deadline = time.monotonic() + 15
+        while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(running(pid) for pid in pids), "a worker serves on without its parent"
+    finally:
+        for pid in pids:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_ingest_start_stop_cycles_always_end_in_time(settings: Settings, tmp_path: Path) -> None:
     """SIGTERM at every moment of a life: while connecting to Kafka and PostgreSQL, right after
     becoming ready, and with a request just answered — 20 times, each exit 0 within the bound."""
