@@ -213,6 +213,21 @@ class _LoggerFactory(structlog.stdlib.LoggerFactory):
         return _stdlib_level(super().__call__(*args), self._level)
 
 
+class _CurrentStderr:
+    """``sys.stderr`` as it is when a line is written, not when logging was set up: code that
+    swaps it for a while (a test capturing output, a CLI called in-process) never leaves the
+    handler writing to a closed stream."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 class _ServiceName:
     """``service`` on every line, whichever thread or task wrote it."""
 
@@ -236,7 +251,7 @@ def configure_logging(
     """Route structlog and the standard ``logging`` module through one redacting, rate-limited
     handler on ``stream`` (stderr). Our loggers log at ``level``; libraries at warnings and up
     (or ``level`` if it is higher). Returns the handler."""
-    stream = sys.stderr if stream is None else stream
+    stream = _CurrentStderr() if stream is None else stream
     use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
     level_no = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     shared: list[Any] = [

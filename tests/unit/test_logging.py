@@ -176,3 +176,21 @@ def test_a_line_logged_from_inside_the_rate_limiter_does_not_deadlock() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "done" in done.stdout, done.stderr
+
+
+def test_the_handler_writes_to_stderr_as_it_is_now(capsys: pytest.CaptureFixture[str]) -> None:
+    """Set up while stderr was a capture that is gone by now, logging still writes somewhere open."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("json", "info")
+        logging.getLogger("psycopg.pool").warning("first")
+        assert "first" in capsys.readouterr().err
+        with capsys.disabled():  # another stderr now
+            logging.getLogger("psycopg.pool").warning("second")
+        logging.getLogger("psycopg.pool").warning("third")
+        assert "third" in capsys.readouterr().err
+    finally:
+        root.handlers[:], root.level = handlers, level
+        logging.captureWarnings(False)
+        structlog.reset_defaults()
