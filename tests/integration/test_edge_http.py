@@ -278,7 +278,7 @@ async def test_a_client_that_hangs_up_mid_body_is_counted_not_an_error(
     ("method", "path", "allowed"),
     [
         ("GET", "/public/traces/batch", {"POST"}),
-        ("PUT", "/public/traces", {"POST"}),
+        ("PUT", "/public/traces", {"GET", "HEAD", "POST"}),
         ("DELETE", "/admin/v1/projects", {"GET", "HEAD", "POST"}),
         ("POST", "/healthz", {"GET", "HEAD"}),
     ],

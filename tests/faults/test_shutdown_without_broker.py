@@ -1,6 +1,7 @@
 """SIGTERM while the broker is gone and traces answered 503 are still in the producer's buffer:
 the ingest process ends within ``SHUTDOWN_TIMEOUT_SECONDS`` all the same, and the outage does not
-flood its log. Runs last: it stops the session's broker (and starts it again)."""
+flood its log. It stops the session's broker and starts it again before it ends, waiting until
+it answers, so it depends on no test order."""
 
 from __future__ import annotations
 
