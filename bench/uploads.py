@@ -40,10 +40,10 @@ import aiohttp
 from bench.ingest import bench_key, load_env_file, wait_http
 from shared.devstack.pipeline import free_port
 from shared.runtime.kafka import ensure_topics
-from shared.runtime.settings import SETTINGS, Settings
+from shared.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_INFLIGHT = int(next(s.default for s in SETTINGS if s.env == "MAX_INFLIGHT_BYTES"))
+DEFAULT_INFLIGHT = Settings.from_env({}).max_inflight_bytes
 UNBOUNDED = 1 << 40
 
 
