@@ -21,7 +21,7 @@ from router_worker.metrics import RouterMetrics
 from router_worker.platforms import PlatformRegistry
 from router_worker.route import Router
 from shared.contracts.topics import Topics
-from shared.runtime.kafka import make_producer
+from shared.runtime.kafka import make_producer, refresh_metadata
 from shared.runtime.settings import Settings, libpq_url
 
 
@@ -75,7 +75,7 @@ def save_checkpoint(path: Path | None, plan: Redrive, positions: dict[int, int])
 async def _range(
     consumer: AIOKafkaConsumer, topic: str, since: dt.datetime, until: dt.datetime | None
 ) -> Redrive:
-    await consumer._client.force_metadata_update()  # no subscription: refresh metadata ourselves
+    await refresh_metadata(consumer)  # no subscription: refresh metadata ourselves
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
     if not partitions:
         raise SystemExit(f"topic {topic} does not exist")

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import registry
-from shared.runtime.kafka import Record
+from shared.runtime.kafka import Record, refresh_metadata
 from shared.runtime.settings import Settings, libpq_url
 
 
@@ -197,7 +197,7 @@ class TopicTap:
         await consumer.start()
         partitions = consumer.partitions_for_topic(self.topic) or set()
         if not partitions:
-            await consumer._client.force_metadata_update()
+            await refresh_metadata(consumer)
             partitions = consumer.partitions_for_topic(self.topic) or set()
         consumer.assign([TopicPartition(self.topic, p) for p in partitions])
         await consumer.seek_to_beginning()

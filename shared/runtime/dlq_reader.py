@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.contracts import dlq
 from shared.contracts.envelope import RawEnvelope, decode_raw
-from shared.runtime.kafka import Record
+from shared.runtime.kafka import Record, refresh_metadata
 
 
 class DlqEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,7 +101,7 @@ async def read(
     try:
         # No subscription, so refresh the cluster metadata ourselves (aiokafka has no public call
         # that updates the consumer's own view; ``topics()`` returns a copy).
-        await consumer._client.force_metadata_update()
+        await refresh_metadata(consumer)
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not partitions:
             raise SystemExit(f"topic {topic} does not exist")

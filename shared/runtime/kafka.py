@@ -106,3 +106,10 @@ async def kafka_ready(bootstrap_servers: str, timeout: float = 5.0) -> bool:
         with contextlib.suppress(Exception):
             await admin.close()
         quiet.setLevel(level)
+
+
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Ask the broker for fresh topic metadata — what an unsubscribed consumer needs before it
+    can list a topic's partitions. aiokafka offers no public call for it; this is the one place
+    that uses the private client."""
+    await consumer._client.force_metadata_update()

@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
@@ -25,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 
 from shared.contracts.topics import Topics
 from shared.runtime import process
+from shared.runtime.backoff import Backoff
 from shared.runtime.kafka import ensure_topics, make_consumer, make_producer
 from shared.runtime.logging import configure_logging
 from shared.runtime.settings import Settings, libpq_url
@@ -74,7 +76,7 @@ async def run_batches(
     lag: Gauge | None = None,
     name: str = "worker",
 ) -> None:
-    backoff = 0.2
+    backoff = Backoff(initial=0.2)
     while not stop.is_set():
         batch: Batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
         if not batch:
@@ -84,18 +86,18 @@ async def run_batches(
         while True:  # the same records until the step succeeds: nothing is skipped
             try:
                 await step(batch)
-                backoff = 0.2
+                backoff.reset()
                 break
             except Exception as exc:
-                log.warning(f"{name} step failed; retrying the same batch", error=repr(exc), retry_in=backoff)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff):
-                        await stop.wait()
-                backoff = min(backoff * 2, 10.0)
+                delay = backoff.next_delay()
+                log.warning(
+                    "step failed; retrying the same batch", stage=name, error=repr(exc), retry_in=delay
+                )
+                await backoff.sleep(delay, stop)
                 if stop.is_set():
                     # Stopping during an outage: leave without committing; the records are
                     # re-delivered to whoever consumes next.
-                    log.warning(f"{name} stopping with an unfinished batch; it will be re-delivered")
+                    log.warning("stopping with an unfinished batch; it will be re-delivered", stage=name)
                     return
         offsets = {tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batch.items()}
         try:
@@ -103,7 +105,7 @@ async def run_batches(
         except (CommitFailedError, KafkaError) as exc:
             # A rebalance took the partitions away: their new owner re-reads from the last commit
             # (at-least-once; storage is idempotent).
-            log.warning(f"{name} commit failed; records will be re-delivered", error=repr(exc))
+            log.warning("commit failed; records will be re-delivered", stage=name, error=repr(exc))
         if lag is not None:
             await _record_lag(consumer, lag)
 
@@ -139,20 +141,20 @@ async def metrics_server(
 async def start_with_retry(factory: Callable[[], Client], what: str, stop: asyncio.Event) -> Client | None:
     """A started aiokafka client, retrying (with a fresh client) while the broker is away;
     None when ``stop`` was set first."""
-    backoff = 0.5
+    backoff = Backoff()
     while not stop.is_set():
         client = factory()
         try:
             await client.start()
             return client
         except Exception as exc:
-            log.warning(f"{what} cannot start yet; retrying", error=repr(exc), retry_in=backoff)
+            delay = backoff.next_delay()
+            log.warning(
+                "kafka client cannot start yet; retrying", client=what, error=repr(exc), retry_in=delay
+            )
             with contextlib.suppress(Exception):
                 await client.stop()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff):
-                    await stop.wait()
-            backoff = min(backoff * 2, 10.0)
+            await backoff.sleep(delay, stop)
     return None
 
 
@@ -163,9 +165,7 @@ async def topics_when_reachable(settings: Settings, stop: asyncio.Event) -> Topi
             return await asyncio.wait_for(ensure_topics(settings), 10)
         except Exception as exc:
             log.warning("kafka not reachable yet; retrying", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1):
-                    await stop.wait()
+            await Backoff().sleep(1, stop)
     return None
 
 
@@ -203,7 +203,7 @@ def run_service(name: str, run: Callable[[Settings], Coroutine[Any, Any, None]])
         service_log.error("invalid configuration; exiting", error=str(exc.code))
         code = process.EXIT_BAD_CONFIGURATION
     except Exception as exc:
-        service_log.exception(f"{name} failed; exiting", error=repr(exc))
+        service_log.exception("service failed; exiting", error=repr(exc))
         code = process.EXIT_FAILED
     watchdog.finished(code)  # whatever still runs (threads, the interpreter's exit) is bounded
     return code
@@ -224,3 +224,59 @@ async def start_clients(
         await producer.stop()
         return None
     return producer, consumer
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One consuming stage (the router, the storage worker): what it reads, in which group, how
+    much at a time, and where its metrics are served."""
+
+    name: str  # "router" / "storage": the consumer group is <prefix><name>_worker
+    source: Callable[[Topics], str]  # the topic it consumes
+    batch_max: int
+    metrics: CollectorRegistry
+    metrics_port: int
+    lag: Gauge
+
+
+async def consume(
+    settings: Settings,
+    stage: Stage,
+    stop: asyncio.Event,
+    build: Callable[[AIOKafkaProducer, Topics], Step],
+    *,
+    prepare: Callable[[], Awaitable[bool]] | None = None,
+    ready: Callable[[], bool] = lambda: True,
+) -> None:
+    """A worker's life, the same for every stage: metrics server → topics → ``prepare`` (e.g. the
+    router's first platform snapshot; False: stop) → producer and consumer → ``build`` the step
+    → :func:`run_batches` until ``stop`` → clients stopped. Everything waits for Kafka while it is
+    away and gives up as soon as ``stop`` is set."""
+    consumer: AIOKafkaConsumer | None = None
+
+    def assigned() -> bool:
+        return ready() and consumer is not None and bool(consumer.assignment())
+
+    async with metrics_server(stage.metrics, settings.metrics_host, stage.metrics_port, assigned):
+        topics = await topics_when_reachable(settings, stop)
+        if topics is None or (prepare is not None and not await prepare()):
+            return
+        group = f"{settings.kafka_topic_prefix}{stage.name}_worker"
+        clients = await start_clients(settings, stage.source(topics), group, stop)
+        if clients is None:
+            return
+        producer, consumer = clients
+        try:
+            log.info("consuming", stage=stage.name, source=stage.source(topics), group=group)
+            await run_batches(
+                consumer,
+                build(producer, topics),
+                stop,
+                max_records=stage.batch_max,
+                lag=stage.lag,
+                name=stage.name,
+            )
+        finally:
+            log.info("stopping: last batch done and committed", stage=stage.name)
+            await consumer.stop()
+            await producer.stop()
