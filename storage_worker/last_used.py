@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import structlog
 
+from shared.runtime.backoff import Backoff, pause
 from storage_worker.database import Database
 
 log = structlog.get_logger(__name__)
@@ -92,9 +93,7 @@ async def flush(tracker: LastUsedTracker, db: Database) -> bool:
 async def flush_every(tracker: LastUsedTracker, db: Database, interval: float, stop: asyncio.Event) -> None:
     """Flush every ``interval`` seconds until ``stop`` is set (the final flush is the caller's)."""
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):
-                await stop.wait()
+        await pause(interval, stop)
         if not stop.is_set():
             await flush(tracker, db)
 
@@ -105,9 +104,8 @@ async def final_flush(tracker: LastUsedTracker, db: Database, within: float = 5.
     convenience, not data: the traces themselves are committed)."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(within):
-            delay = 0.25
+            backoff = Backoff(initial=0.25, cap=2.0)
             while not await flush(tracker, db):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await backoff.sleep(backoff.next_delay())
             return
     log.error("last_used_at not written at shutdown", keys=len(tracker))

@@ -26,6 +26,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from shared.runtime.backoff import Backoff
+
 
 @dataclass
 class Line:
@@ -93,7 +95,7 @@ async def _send(
 ) -> None:
     """Send one batch until every item is queued or rejected."""
     todo = batch
-    backoff = 1.0
+    backoff = Backoff(initial=1.0, cap=30.0)
     while todo:
         body = b'{"traces": [' + b",".join(line.body for line in todo) + b"]}"
         try:
@@ -105,13 +107,12 @@ async def _send(
         except (aiohttp.ClientError, TimeoutError) as exc:
             summary.errors.append(f"lines {todo[0].number}-{todo[-1].number}: {exc!r}; retrying")
             summary.retried += len(todo)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30)
+            await backoff.sleep(backoff.next_delay())
             continue
         if status == 503 or status == 429:
             summary.retried += len(todo)
-            await asyncio.sleep(float(retry_after or backoff))
-            backoff = min(backoff * 2, 30)
+            delay = backoff.next_delay()
+            await backoff.sleep(float(retry_after) if retry_after else delay)
             continue
         if status != 207:
             for line in todo:
@@ -132,8 +133,7 @@ async def _send(
                 summary.rejected += 1
         if again:
             summary.retried += len(again)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30)
+            await backoff.sleep(backoff.next_delay())
         todo = again
 
 

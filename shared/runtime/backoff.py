@@ -29,9 +29,14 @@ class Backoff:
 
     async def sleep(self, delay: float, stop: asyncio.Event | None = None) -> None:
         """Sleep ``delay`` seconds, or less if ``stop`` is set meanwhile."""
-        if stop is None:
-            await asyncio.sleep(delay)
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await stop.wait()
+        await pause(delay, stop)
+
+
+async def pause(delay: float, stop: asyncio.Event | None = None) -> None:
+    """Sleep ``delay`` seconds, or less if ``stop`` is set meanwhile."""
+    if stop is None:
+        await asyncio.sleep(delay)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await stop.wait()

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 
 from shared.contracts.topics import Topics
 from shared.runtime import process
-from shared.runtime.backoff import Backoff
+from shared.runtime.backoff import Backoff, pause
 from shared.runtime.kafka import ensure_topics, make_consumer, make_producer
 from shared.runtime.logging import configure_logging
 from shared.runtime.settings import Settings, libpq_url
@@ -165,7 +165,7 @@ async def topics_when_reachable(settings: Settings, stop: asyncio.Event) -> Topi
             return await asyncio.wait_for(ensure_topics(settings), 10)
         except Exception as exc:
             log.warning("kafka not reachable yet; retrying", error=repr(exc))
-            await Backoff().sleep(1, stop)
+            await pause(1, stop)
     return None
 
 
