@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import registry
-from shared.runtime.kafka import Record, refresh_metadata
+from shared.runtime.kafka import Record, reader, refresh_metadata
 from shared.runtime.settings import Settings, libpq_url
 
 
@@ -186,14 +186,7 @@ class TopicTap:
         self._new = asyncio.Event()
 
     async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=32 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
-        )
+        consumer = reader(self.settings.kafka_bootstrap_servers)
         await consumer.start()
         partitions = consumer.partitions_for_topic(self.topic) or set()
         if not partitions:

@@ -9,11 +9,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
 from shared.contracts import dlq
 from shared.contracts.envelope import RawEnvelope, decode_raw
-from shared.runtime.kafka import Record, refresh_metadata
+from shared.runtime.kafka import Record, reader, refresh_metadata
 
 
 class DlqEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,14 +89,7 @@ async def read(
 ) -> AsyncIterator[Record]:
     """Every record of ``topic`` from the beginning; with ``follow``, then new ones as they come.
     Without a consumer group: reading changes nothing for anybody."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=32 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
-    )
+    consumer = reader(bootstrap)
     await consumer.start()
     try:
         # No subscription, so refresh the cluster metadata ourselves (aiokafka has no public call

@@ -113,3 +113,16 @@ async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
     can list a topic's partitions. aiokafka offers no public call for it; this is the one place
     that uses the private client."""
     await consumer._client.force_metadata_update()
+
+
+def reader(bootstrap: str) -> AIOKafkaConsumer:
+    """A consumer outside any group, reading from the beginning, for tools that read a whole topic
+    (the DLQ reader, the tests' topic taps): reading it changes nothing for anybody."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=32 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -16,12 +15,11 @@ import pytest
 from shared.contracts import otlp
 from shared.contracts.envelope import encode
 from shared.devstack.pipeline import Tenant
-from shared.runtime.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.merge import classify, fold, merge_spans
 from storage_worker.rows import Invalid, Pending, SpanVersion, decode_record, stored_id
 from storage_worker.upsert import collapse
-from storage_worker.write import WriteResult, create_stage, write_rows
+from storage_worker.write import WriteResult, write_rows
 from tests.otlp_helpers import canonical_span, otlp_envelope
 from tests.storage_helpers import consumer_record
 
@@ -144,13 +142,6 @@ def test_classify_names_every_part(mem_tenant: Tenant) -> None:
 
 
 # -- against PostgreSQL ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def traces_db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(libpq_url(settings.database_url), name="test otlp storage", setup=create_stage)
-    yield database
-    await database.close()
 
 
 async def write(traces_db: Database, items: list[Pending]) -> WriteResult:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -22,16 +21,9 @@ from shared.registry.validation import one
 from shared.runtime.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.rows import Pending, decode_record
-from storage_worker.write import create_stage, write_rows
+from storage_worker.write import write_rows
 from tests.integration.test_migrations import scratch_db  # noqa: F401  (fixture)
 from tests.storage_helpers import consumer_record, routed_envelope
-
-
-@pytest.fixture
-async def traces_db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(libpq_url(settings.database_url), name="test fence", setup=create_stage)
-    yield database
-    await database.close()
 
 
 def item(tenant: Tenant, **kwargs: Any) -> Pending:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -20,18 +19,11 @@ from shared.runtime.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.last_used import LastUsedTracker, flush, write_marks
 from storage_worker.rows import Pending, decode_record
-from storage_worker.write import WriteResult, create_stage, orphan_detail, write_rows
+from storage_worker.write import WriteResult, orphan_detail, write_rows
 from tests.storage_helpers import body, consumer_record, routed_envelope
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 POISON = b'{"data": {"input": "\\u0000"}}'
-
-
-@pytest.fixture
-async def traces_db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database(libpq_url(settings.database_url), name="test storage", setup=create_stage)
-    yield database
-    await database.close()
 
 
 def item(tenant: Tenant, **kwargs: Any) -> Pending:
