@@ -173,7 +173,10 @@ async def discard(producer: AIOKafkaProducer, timeout: float) -> None:
 
 
 async def cancel_unacknowledged(
-    pool: AsyncConnectionPool, values: list[bytes], metrics: IngestMetrics
+    pool: AsyncConnectionPool,
+    values: list[bytes],
+    metrics: IngestMetrics,
+    timeout: float = CANCEL_TIMEOUT_SECONDS,
 ) -> list[bool]:
     """Cancel the traces of ``values`` (encoded envelopes handed to the producer, not
     acknowledged) before they are answered 503; per value, whether it was found stored already
@@ -181,8 +184,8 @@ async def cancel_unacknowledged(
     none was found: they are answered 503 all the same, and counted as unfenced."""
     try:
         ids = [trace_id_of(value) for value in values]
-        async with asyncio.timeout(CANCEL_TIMEOUT_SECONDS):
-            async with pool.connection(timeout=CANCEL_TIMEOUT_SECONDS) as conn:
+        async with asyncio.timeout(timeout):
+            async with pool.connection(timeout=timeout) as conn:
                 stored = await cancel(conn, ids)
     except Exception as exc:  # whatever it was, the answer stays 503: never a 202 without an ack
         metrics.unfenced_503.inc(len(values))

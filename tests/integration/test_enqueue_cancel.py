@@ -14,7 +14,6 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from ingest_api import enqueue
 from ingest_api.enqueue import cancel_unacknowledged
 from ingest_api.metrics import IngestMetrics
 from shared.contracts.envelope import Hints, RawEnvelope, encode
@@ -85,16 +84,13 @@ async def test_cancelling_again_is_harmless(
     assert await cur.fetchone() == (1,)
 
 
-async def test_postgresql_unreachable_means_503_unfenced_counted(
-    tenant: Tenant, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(enqueue, "CANCEL_TIMEOUT_SECONDS", 1.0)
+async def test_postgresql_unreachable_means_503_unfenced_counted(tenant: Tenant) -> None:
     nobody = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing?connect_timeout=1"
     metrics = IngestMetrics()
     async with AsyncConnectionPool(nobody, min_size=0, max_size=1, open=False) as unreachable:
         began = time.monotonic()
         found = await cancel_unacknowledged(
-            unreachable, [record(tenant, uuid.uuid4()), record(tenant, uuid.uuid4())], metrics
+            unreachable, [record(tenant, uuid.uuid4()), record(tenant, uuid.uuid4())], metrics, timeout=1.0
         )
     assert found == [False, False]  # never "stored": both are answered 503
     assert time.monotonic() - began < 3
