@@ -159,9 +159,12 @@ def ingest(pipeline: Pipeline, service_logs: Path) -> Iterator[Service]:
     service.stop()
 
 
-async def settled(pipeline: Pipeline, timeout: float = 90) -> None:
+async def settled(pipeline: Pipeline, timeout: float = 180) -> None:
     """Wait until router and storage have committed every record of their source topics (storage
-    commits after the database transaction): nothing is still on its way to a row."""
+    commits after the database transaction): nothing is still on its way to a row. After a
+    kill -9 the broker recovers its logs and the groups rejoin before anything moves: on a loaded
+    2-core machine that took over 90 s once, hence the generous bound (a settled pipeline returns
+    at once)."""
     settings, topics = pipeline.settings, pipeline.topics
     groups = {
         f"{settings.kafka_topic_prefix}router_worker": topics.raw,
