@@ -654,13 +654,14 @@ class Stack:
             files[name] = self._service_paths(name)[1]
         return files
 
-    def follow(self, names: list[str], lines: int = 50) -> Iterator[str]:
+    def follow(self, names: list[str], lines: int = 50, *, raw: bool = False) -> Iterator[str]:
+        """The last ``lines`` of each component's log, prefixed with its name unless ``raw``."""
         for name, path in self.logfiles().items():
             if names and name not in names:
                 continue
             if path.exists():
-                for line in path.read_text(errors="replace").splitlines()[-lines:]:
-                    yield f"{name:<15} {line}"
+                for line in path.read_text(errors="replace").splitlines()[-lines:] if lines > 0 else []:
+                    yield line if raw else f"{name:<15} {line}"
 
 
 def _version() -> str:
@@ -693,6 +694,22 @@ def _stack_root_in(text: str) -> str | None:
         return match.group(1)
     match = re.search(r"\(stack (/[^\s;()]+)\)", text)
     return match.group(1) if match else None
+
+
+def read_new_lines(path: Path, offset: int) -> tuple[list[str], int]:
+    """The complete lines written to ``path`` since byte ``offset``, and the offset after them. A
+    line still being written stays for the next call (a JSON line is never printed in two halves);
+    a file that shrank (truncated, replaced) is read again from its start."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.seek(0, os.SEEK_END) < offset:
+                offset = 0
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return [], offset
+    complete = data[: data.rfind(b"\n") + 1]
+    return complete.decode(errors="replace").splitlines(), offset + len(complete)
 
 
 def _write_atomic(path: Path, text: str, *, mode: int) -> None:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.devstack.stack import Stack
+from shared.devstack.stack import Stack, read_new_lines
 
 
 def _stack(args: argparse.Namespace) -> Stack:
@@ -50,22 +50,23 @@ def status(args: argparse.Namespace) -> int:
 
 
 def logs(args: argparse.Namespace) -> int:
+    """The last ``--lines`` of each component's log, then (``-f``) what they add. Each line is
+    prefixed with its component, or (``--raw``) printed as written: the services' JSON lines then
+    pipe into ``jq``."""
     stack = _stack(args)
-    for line in stack.follow(args.component, lines=args.lines):
+    for line in stack.follow(args.component, lines=args.lines, raw=args.raw):
         print(line)
     if not args.follow:
         return 0
+    sys.stdout.flush()
     files = {n: p for n, p in stack.logfiles().items() if not args.component or n in args.component}
     offsets = {n: (p.stat().st_size if p.exists() else 0) for n, p in files.items()}
     while True:
         for name, path in files.items():
-            if not path.exists():
-                continue
-            with open(path, errors="replace") as fh:
-                fh.seek(offsets[name])
-                for line in fh:
-                    print(f"{name:<15} {line.rstrip()}", flush=True)
-                offsets[name] = fh.tell()
+            lines, offsets[name] = read_new_lines(path, offsets[name])
+            for line in lines:
+                print(line if args.raw else f"{name:<15} {line}")
+        sys.stdout.flush()
         time.sleep(0.5)
 
 
@@ -88,4 +89,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("component", nargs="*", help="kafka, postgres, ingest_api, router_worker, storage_worker")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=50)
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="lines as written, without the component prefix (dev logs --raw ingest_api | jq .)",
+    )
     p.set_defaults(handler=logs)
