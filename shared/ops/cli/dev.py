@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from shared.devstack.stack import Stack, read_new_lines
+from shared.devstack.demo import describe
+from shared.devstack.stack import DemoMode, Stack, read_new_lines
 
 
 def _stack(args: argparse.Namespace) -> Stack:
@@ -16,11 +17,17 @@ def _stack(args: argparse.Namespace) -> Stack:
 
 
 def up(args: argparse.Namespace) -> int:
+    """Start the stack; end with what to paste: the seed's curl with the demo key (shown by the
+    ``up`` that created it, and never again) or, later, with ``$MIBO_API_KEY`` from ``env``."""
     stack = _stack(args)
-    stack.up(services=not args.no_services)
+    demo: DemoMode = "auto" if args.demo is None else "on" if args.demo else "off"
+    stack.up(services=not args.no_services, demo=demo)  # no services: no demo
     print()
     print(f"environment written to {stack.env_file}  (load it with: . {stack.env_file})")
     print(f"POST traces to {stack.ingest_url}/public/traces")
+    if stack.demo is not None:
+        print()
+        print(describe(stack.demo, stack.root, stack.ingest_url))
     return 0
 
 
@@ -80,6 +87,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sub = dev.add_subparsers(dest="action", required=True)
     p = sub.add_parser("up", help="start what is not running, wait until it answers, write .devstack/env")
     p.add_argument("--no-services", action="store_true", help="only Kafka, PostgreSQL, migrations and topics")
+    p.add_argument(
+        "--demo",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the demo project, platforms and key (made once): by default on the stack's own "
+        "PostgreSQL only; --demo also on a DATABASE_URL from the environment, --no-demo never",
+    )
     p.set_defaults(handler=up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(handler=down)
     sub.add_parser("status", help="what runs where; exits 1 when a component is down").set_defaults(
