@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import AsyncConnectionPool
 
 from ingest_api.context import DB_POOL, ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
+from ingest_api.cors import PREFLIGHT_ROUTE, CorsPolicy, cors_middleware
 from ingest_api.endpoints import admin
 from ingest_api.endpoints.batch import post_batch
 from ingest_api.endpoints.otlp import post_otlp_traces, refuse_signal
@@ -23,6 +25,8 @@ from ingest_api.openapi import openapi_document
 from ingest_api.responses import ERROR_CODE, error_middleware, json_response
 from shared.contracts.topics import Topics
 from shared.runtime.settings import Settings, libpq_url
+
+log = structlog.get_logger(__name__)
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -55,15 +59,23 @@ async def openapi(_: web.Request) -> web.Response:
 @web.middleware
 async def count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
     response = await handler(request)
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    resource = request.match_info.route.resource
+    # A CORS preflight matched no route (there is no OPTIONS route): it counts under its path's.
+    route = resource.canonical if resource else request.get(PREFLIGHT_ROUTE, "unmatched")
     request.app[METRICS].requests.labels(route, str(response.status), request.get(ERROR_CODE, "")).inc()
     return response
 
 
 def create_app(settings: Settings) -> web.Application:
+    cors = CorsPolicy.from_origins(settings.cors_origins)
+    if cors.enabled:
+        log.info("cors enabled on the public routes", origins=sorted(cors.origins))
     # The body is read by ingest_api.content with its own limit; aiohttp's is only a backstop.
+    # Outermost first: the counter sees every answer, CORS headers go on every answer the error
+    # middleware made (errors and 503s included), and CORS answers preflights before the router's 405.
     app = web.Application(
-        middlewares=[count_requests, error_middleware], client_max_size=settings.max_body_bytes + 1
+        middlewares=[count_requests, cors_middleware(cors), error_middleware],
+        client_max_size=settings.max_body_bytes + 1,
     )
     app[SETTINGS] = settings
     app[METRICS] = IngestMetrics()

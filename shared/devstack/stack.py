@@ -33,8 +33,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from shared.devstack import kafka_broker, listeners, postgres, processes
+from shared.devstack.demo import SAID, Demo, ensure_demo, saved_key
+from shared.devstack.files import write_atomic
 from shared.devstack.kafka_broker import Broker, ensure_jars
 from shared.devstack.listeners import Owner, free_port, port_free
 from shared.devstack.postgres import Postgres
@@ -64,6 +67,7 @@ ROOT_VAR = "MIBO_DEVSTACK_ROOT"  # set in each service's environment: whose proc
 UP_STATES = ("up (pid", "external", "not built", "not started")  # status rows that are not a problem
 
 Say = Callable[[str], None]
+DemoMode = Literal["off", "auto", "on"]
 
 # free_port stays importable from here, where it lived before listeners.py.
 __all__ = ["DEFAULT_PORTS", "SERVICES", "Stack", "State", "free_port", "service_exists"]
@@ -94,6 +98,7 @@ class Stack:
         self.cache_dir = (cache_dir or Path(os.environ.get("MIBO_CACHE_DIR", ".cache"))).resolve()
         self.state = self._load_state()
         self._moves: dict[str, int] = {}  # per port name, in this `up`
+        self.demo: Demo | None = None  # what the last `up` found or made of the demo tenant
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -129,8 +134,8 @@ class Stack:
     def _save_state(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         rest = {k: v for k, v in dataclasses.asdict(self.state).items() if k != "ports"}
-        _write_atomic(self.state_file, json.dumps(rest, indent=2) + "\n", mode=0o600)
-        _write_atomic(self.ports_file, json.dumps(self.state.ports, indent=2) + "\n", mode=0o644)
+        write_atomic(self.state_file, json.dumps(rest, indent=2) + "\n", mode=0o600)
+        write_atomic(self.ports_file, json.dumps(self.state.ports, indent=2) + "\n", mode=0o644)
 
     def _assign_ports(self) -> None:
         for name, default in DEFAULT_PORTS.items():
@@ -223,9 +228,14 @@ class Stack:
         }
 
     # -- up ------------------------------------------------------------------------------------
-    def up(self, *, services: bool = True, log: bool = True) -> dict[str, str]:
+    def up(self, *, services: bool = True, log: bool = True, demo: DemoMode = "off") -> dict[str, str]:
+        """Start what is not running and wait until it answers; write ``env``. ``demo`` (with
+        ``services``): ``auto`` makes the demo tenant on the stack's own PostgreSQL (not on a
+        ``DATABASE_URL`` from the environment), ``on`` wherever the database is; what was found or
+        made is in ``self.demo`` (see shared.devstack.demo)."""
         say = _printer(log)
         self._moves = {}
+        self.demo = None
         with self._locked(say):
             self._assign_ports()
             self.state.admin_token = self.state.admin_token or secrets.token_urlsafe(24)
@@ -254,7 +264,14 @@ class Stack:
             self._write_env()
             if services:
                 self.start_services(say)
-            self._write_env()  # a service may have moved
+            if services and demo != "off":
+                # auto: made on the stack's own PostgreSQL only, but found wherever `--demo` made it
+                create = demo == "on" or not self.state.external_database_url
+                self.demo = asyncio.run(
+                    ensure_demo(self.root, self.database_url, self.state.key_pepper, create=create)
+                )
+                say(f"demo: {SAID[self.demo.outcome]}")
+            self._write_env()  # a service may have moved; the demo key may be new
         return self.service_env()
 
     def _take_external_endpoints(self, say: Say) -> None:
@@ -412,8 +429,13 @@ class Stack:
         await ensure_topics(Settings.from_env(os.environ | self.service_env()))
 
     def _write_env(self) -> None:
-        lines = [f"export {k}={_shell_quote(v)}" for k, v in self.service_env().items()]
-        _write_atomic(
+        """``env``: what the services get, and the demo key (not given to any service) as
+        ``MIBO_API_KEY`` for the README's examples."""
+        variables = self.service_env()
+        if key := saved_key(self.root):
+            variables["MIBO_API_KEY"] = key
+        lines = [f"export {k}={_shell_quote(v)}" for k, v in variables.items()]
+        write_atomic(
             self.env_file,
             "# written by `mibo-ingest dev up`; source it: . .devstack/env\n" + "\n".join(lines) + "\n",
             mode=0o600,
@@ -471,7 +493,8 @@ class Stack:
                     continue
             if not port_free(port):
                 self._move(key, say, self._occupant(key))
-            env = os.environ | self.service_env() | {"LOG_FORMAT": "json", ROOT_VAR: str(self.root)}
+            inherited = {k: v for k, v in os.environ.items() if k != "MIBO_API_KEY"}  # from a sourced env
+            env = inherited | self.service_env() | {"LOG_FORMAT": "json", ROOT_VAR: str(self.root)}
             offset = processes.log_size(logfile)
             pid = processes.start([sys.executable, "-m", name], pidfile=pidfile, logfile=logfile, env=env)
             owner = self._await_listener(pid, self.state.ports[key], timeout=30)
@@ -654,13 +677,14 @@ class Stack:
             files[name] = self._service_paths(name)[1]
         return files
 
-    def follow(self, names: list[str], lines: int = 50) -> Iterator[str]:
+    def follow(self, names: list[str], lines: int = 50, *, raw: bool = False) -> Iterator[str]:
+        """The last ``lines`` of each component's log, prefixed with its name unless ``raw``."""
         for name, path in self.logfiles().items():
             if names and name not in names:
                 continue
             if path.exists():
-                for line in path.read_text(errors="replace").splitlines()[-lines:]:
-                    yield f"{name:<15} {line}"
+                for line in path.read_text(errors="replace").splitlines()[-lines:] if lines > 0 else []:
+                    yield line if raw else f"{name:<15} {line}"
 
 
 def _version() -> str:
@@ -695,11 +719,20 @@ def _stack_root_in(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _write_atomic(path: Path, text: str, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(mode)
-    tmp.replace(path)
+def read_new_lines(path: Path, offset: int) -> tuple[list[str], int]:
+    """The complete lines written to ``path`` since byte ``offset``, and the offset after them. A
+    line still being written stays for the next call (a JSON line is never printed in two halves);
+    a file that shrank (truncated, replaced) is read again from its start."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.seek(0, os.SEEK_END) < offset:
+                offset = 0
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return [], offset
+    complete = data[: data.rfind(b"\n") + 1]
+    return complete.decode(errors="replace").splitlines(), offset + len(complete)
 
 
 def _read_env(path: Path) -> dict[str, str]:

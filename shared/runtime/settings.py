@@ -9,6 +9,7 @@ configuration table is rendered from the same fields (``python -m shared.runtime
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -112,6 +113,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             description="Longest a service takes from SIGTERM to exit: drain, flush, then exit anyway (logged)."
         ),
     ] = 30.0
+    cors_allowed_origins: Annotated[
+        str,
+        Meta(
+            description="Origins whose browser pages may call the public trace routes (CORS), comma-separated: `https://app.example.com,http://localhost:5173`; `*` alone allows every origin. Empty: no CORS headers, and preflights are answered 403. The admin API never answers cross-origin."
+        ),
+    ] = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,6 +128,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             settings = msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise SystemExit(f"invalid configuration: {exc}") from None
+        try:
+            parse_origins(settings.cors_allowed_origins)
+        except ValueError as exc:
+            raise SystemExit(f"invalid configuration: CORS_ALLOWED_ORIGINS: {exc}") from None
         if not settings.key_pepper:
             raise SystemExit(
                 "invalid configuration: KEY_PEPPER must not be empty (keys would be hashed unkeyed)"
@@ -135,6 +146,65 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def uses_dev_pepper(self) -> bool:
         return self.key_pepper == DEV_PEPPER
+
+    @property
+    def cors_origins(self) -> tuple[str, ...]:
+        """``CORS_ALLOWED_ORIGINS`` as browsers write an ``Origin`` header (see ``parse_origins``)."""
+        return parse_origins(self.cors_allowed_origins)
+
+
+ANY_ORIGIN = "*"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """Comma-separated origins, each serialised the way a browser sends its ``Origin`` header, so
+    that an exact string comparison decides: scheme and host in lower case, the scheme's default
+    port left out, no trailing slash (``HTTPS://App.example.com:443/`` → ``https://app.example.com``).
+    ``*`` must stand alone. ValueError says what is wrong with an entry."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if ANY_ORIGIN in items:
+        if len(items) > 1:
+            raise ValueError("`*` already allows every origin: list no other origin beside it")
+        return (ANY_ORIGIN,)
+    return tuple(dict.fromkeys(_origin(item) for item in items))
+
+
+def _origin(text: str) -> str:
+    if text.lower() == "null":
+        raise ValueError(
+            "`null` is the origin of sandboxed frames and file: pages, which any page can create; "
+            "it cannot be allowed"
+        )
+    if "*" in text:
+        raise ValueError(f"{text!r}: wildcards are not supported; list each origin, or `*` alone")
+    parts = urllib.parse.urlsplit(text)
+    if (
+        not parts.scheme
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or "?" in text
+        or "#" in text
+        or parts.username is not None
+    ):
+        raise ValueError(f"{text!r} is not an origin: scheme://host[:port], with no path")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r}: the port is not a number from 0 to 65535") from None
+    host = parts.hostname
+    if not host.isascii():  # browsers send an internationalised host name in its ASCII form
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{text!r}: the host name is not a valid internationalised name") from None
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS.get(parts.scheme):
+        host = f"{host}:{port}"
+    return f"{parts.scheme}://{host}"
 
 
 def sqlalchemy_url(database_url: str) -> str:

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from shared.devstack.stack import Stack
+from shared.devstack.demo import describe
+from shared.devstack.stack import DemoMode, Stack, read_new_lines
 
 
 def _stack(args: argparse.Namespace) -> Stack:
@@ -16,11 +17,17 @@ def _stack(args: argparse.Namespace) -> Stack:
 
 
 def up(args: argparse.Namespace) -> int:
+    """Start the stack; end with what to paste: the seed's curl with the demo key (shown by the
+    ``up`` that created it, and never again) or, later, with ``$MIBO_API_KEY`` from ``env``."""
     stack = _stack(args)
-    stack.up(services=not args.no_services)
+    demo: DemoMode = "auto" if args.demo is None else "on" if args.demo else "off"
+    stack.up(services=not args.no_services, demo=demo)  # no services: no demo
     print()
     print(f"environment written to {stack.env_file}  (load it with: . {stack.env_file})")
     print(f"POST traces to {stack.ingest_url}/public/traces")
+    if stack.demo is not None:
+        print()
+        print(describe(stack.demo, stack.root, stack.ingest_url))
     return 0
 
 
@@ -50,22 +57,23 @@ def status(args: argparse.Namespace) -> int:
 
 
 def logs(args: argparse.Namespace) -> int:
+    """The last ``--lines`` of each component's log, then (``-f``) what they add. Each line is
+    prefixed with its component, or (``--raw``) printed as written: the services' JSON lines then
+    pipe into ``jq``."""
     stack = _stack(args)
-    for line in stack.follow(args.component, lines=args.lines):
+    for line in stack.follow(args.component, lines=args.lines, raw=args.raw):
         print(line)
     if not args.follow:
         return 0
+    sys.stdout.flush()
     files = {n: p for n, p in stack.logfiles().items() if not args.component or n in args.component}
     offsets = {n: (p.stat().st_size if p.exists() else 0) for n, p in files.items()}
     while True:
         for name, path in files.items():
-            if not path.exists():
-                continue
-            with open(path, errors="replace") as fh:
-                fh.seek(offsets[name])
-                for line in fh:
-                    print(f"{name:<15} {line.rstrip()}", flush=True)
-                offsets[name] = fh.tell()
+            lines, offsets[name] = read_new_lines(path, offsets[name])
+            for line in lines:
+                print(line if args.raw else f"{name:<15} {line}")
+        sys.stdout.flush()
         time.sleep(0.5)
 
 
@@ -79,6 +87,13 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     sub = dev.add_subparsers(dest="action", required=True)
     p = sub.add_parser("up", help="start what is not running, wait until it answers, write .devstack/env")
     p.add_argument("--no-services", action="store_true", help="only Kafka, PostgreSQL, migrations and topics")
+    p.add_argument(
+        "--demo",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the demo project, platforms and key (made once): by default on the stack's own "
+        "PostgreSQL only; --demo also on a DATABASE_URL from the environment, --no-demo never",
+    )
     p.set_defaults(handler=up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(handler=down)
     sub.add_parser("status", help="what runs where; exits 1 when a component is down").set_defaults(
@@ -88,4 +103,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("component", nargs="*", help="kafka, postgres, ingest_api, router_worker, storage_worker")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=50)
+    p.add_argument(
+        "--raw",
+        action="store_true",
+        help="lines as written, without the component prefix (dev logs --raw ingest_api | jq .)",
+    )
     p.set_defaults(handler=logs)
