@@ -27,6 +27,7 @@ from ingest_api.body import MAX_JSON_DEPTH, TraceBodySchema
 from ingest_api.endpoints.admin import KeyIn, PlatformInSchema, PlatformPatch, ProjectIn
 from ingest_api.endpoints.batch import BatchAnswer, BatchItem, BatchRequest
 from ingest_api.endpoints.trace_list import DEFAULT_LIMIT, MAX_LIMIT
+from ingest_api.endpoints.trace_read import GZIP_MIN_BYTES, DeadLetteredTrace
 from ingest_api.endpoints.traces import EXTERNAL_ID_MAX, EXTERNAL_ID_RULE
 from ingest_api.otlp_decode import MAX_VALUE_DEPTH, OtlpRequest
 from ingest_api.responses import ErrorBody, Timestamp
@@ -77,7 +78,9 @@ class Accepted(msgspec.Struct, kw_only=True):
     data: Queued
 
 
-class StoredTrace(msgspec.Struct, kw_only=True):
+class StoredTrace(msgspec.Struct, kw_only=True, tag_field="status", tag="stored"):
+    """Stored: the trace as it is in the database now."""
+
     id: uuid.UUID
     platformId: uuid.UUID
     externalId: str | None
@@ -91,10 +94,13 @@ class StoredTrace(msgspec.Struct, kw_only=True):
 
 
 class TraceAnswer(msgspec.Struct, kw_only=True):
+    """A receipt: ``data.status`` says whether the trace is stored (the trace itself) or was
+    dead-lettered (why and when); both carry ``data.id``."""
+
     success: TRUE
     message: str
     timestamp: Timestamp
-    data: StoredTrace
+    data: StoredTrace | DeadLetteredTrace
 
 
 class TraceSummary(msgspec.Struct, kw_only=True):
@@ -401,14 +407,31 @@ def _public_paths(schemas: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "/public/traces/{id}": {
             "get": {
                 "tags": ["public"],
-                "summary": "A stored trace of the key's project (404 until stored, or for another project's)",
+                "summary": "What became of an accepted trace of the key's project: stored, dead-lettered, "
+                "or not known yet (404)",
+                "description": "The id is any id a 202 answered with. 200 with data.status 'stored' (the trace) "
+                "or 'dead_lettered' (deadLetter says why and when; an operator can fix the configuration and "
+                "replay it); 404 while it is neither — still queued, or not this key's to see. Answers over "
+                f"{GZIP_MIN_BYTES} bytes are gzip-compressed when Accept-Encoding allows gzip.",
                 "security": api_key,
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": UUID_SCHEMA}],
                 "responses": {
-                    "200": _json(schemas["TraceAnswer"], "The stored trace"),
+                    "200": _json(
+                        schemas["TraceAnswer"],
+                        "The receipt: the stored trace, or the dead letter",
+                        Vary={"schema": {"type": "string"}, "description": "Accept-Encoding"},
+                        **{
+                            "Content-Encoding": {
+                                "schema": {"type": "string", "enum": ["gzip"]},
+                                "description": "gzip when the answer is large and Accept-Encoding allows it",
+                            }
+                        },
+                    ),
                     "400": _error("VALIDATION_ERROR: the id is not a UUID"),
                     "401": _error("MISSING_API_KEY / INVALID_API_KEY"),
-                    "404": _error("NOT_FOUND: no such trace for this key (or not stored yet)"),
+                    "404": _error(
+                        "NOT_FOUND: neither stored nor dead-lettered for this key (still queued, or not its own)"
+                    ),
                     "503": _error(
                         "SERVICE_UNAVAILABLE: the database is not reachable", **{"Retry-After": RETRY_AFTER}
                     ),

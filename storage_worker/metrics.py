@@ -58,3 +58,23 @@ class StorageMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
         )  # fmt: skip
         self.lag = lag_gauge(r, "storage")
+        # the dead-letter index (storage_worker.dlq_index), a consume loop of its own on traces.dlq
+        self.dlq_indexed = Counter(
+            "storage_dlq_indexed", "traces.dlq records added to the dead-letter index", registry=r
+        )
+        self.dlq_index_duplicates = Counter(
+            "storage_dlq_index_duplicates",
+            "traces.dlq records indexed already (re-delivery): nothing written",
+            registry=r,
+        )
+        self.dlq_index_refused = Counter(
+            "storage_dlq_index_refused",
+            "traces.dlq records PostgreSQL refused to index (skipped)",
+            registry=r,
+        )
+        self.dlq_resolved = Counter(
+            "storage_dlq_resolved",
+            "Dead-letter index entries resolved: their trace was stored after all (a replay)",
+            registry=r,
+        )
+        self.dlq_index_lag = lag_gauge(r, "storage_dlq_index")

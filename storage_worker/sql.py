@@ -137,3 +137,43 @@ ON CONFLICT (id) DO NOTHING
 """
 # Every accepted id of a trace with an identity beyond its own id (each x-request-id version, each
 # OTLP export) leads to that trace: GET /public/traces/{id} with any id a 202 answered finds it.
+
+# --------------------------------------------------------------------------------------------------
+# The dead-letter index (dlq_index, migration 0006): filled by storage_worker.dlq_index from
+# traces.dlq, resolved by the write transaction when a dead-lettered trace is stored after all.
+
+DLQ_INDEX_LOCK = 0x6D69626F5F646C71  # "mibo_dlq": the advisory lock the two sides serialise on
+LOCK_DLQ_INDEX_SHARED = f"SELECT pg_advisory_xact_lock_shared({DLQ_INDEX_LOCK})"
+LOCK_DLQ_INDEX = f"SELECT pg_advisory_xact_lock({DLQ_INDEX_LOCK})"
+# Why a lock: a trace replayed before its DLQ record was indexed. The indexer inserts the entry
+# already resolved when the trace is stored; the write transaction resolves entries already
+# indexed. Without the lock each could miss the other's uncommitted work (READ COMMITTED) and leave
+# an entry unresolved forever. Storage takes SHARE first thing in its transaction (many writers
+# at once, no new row lock is held while waiting), the indexer EXCLUSIVE; whoever comes second
+# sees what the first committed.
+
+RESOLVE_DEAD_LETTERS = """
+UPDATE dlq_index SET resolved_at = now()
+WHERE trace_id = ANY(%s) AND resolved_at IS NULL
+"""
+
+_INDEX_TYPES = (
+    ("topic", "text"), ("partition", "integer"), ("offset", "bigint"), ("trace_id", "uuid"),
+    ("project_id", "uuid"), ("api_key_id", "uuid"), ("platform_id", "uuid"), ("external_id", "text"),
+    ("received_at", "timestamptz"), ("reason", "text"), ("stage", "text"), ("detail", "text"),
+    ("candidates", "text[]"), ("origin", "text"), ("failed_at", "timestamptz"), ("attempt", "integer"),
+)  # fmt: skip
+INDEX_COLUMNS = tuple(name for name, _ in _INDEX_TYPES)
+_INDEX_LIST = ", ".join(f'"{name}"' for name in INDEX_COLUMNS)
+
+INSERT_DLQ_INDEX = f"""
+INSERT INTO dlq_index ({_INDEX_LIST}, resolved_at)
+SELECT v.*, CASE WHEN EXISTS (SELECT 1 FROM traces t WHERE t.id = v.trace_id)
+                   OR EXISTS (SELECT 1 FROM trace_aliases a WHERE a.id = v.trace_id)
+            THEN now() END
+FROM (VALUES ({", ".join(f"%s::{kind}" for _, kind in _INDEX_TYPES)})) AS v({_INDEX_LIST})
+ON CONFLICT (topic, "partition", "offset") DO NOTHING
+"""
+# Keyed by the record's position: a re-delivered record inserts nothing. A trace already stored
+# (its id is a row's or an alias's: replayed before its dead letter was indexed, or indexed from
+# the start of the topic long after) comes in resolved.

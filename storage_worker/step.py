@@ -87,6 +87,7 @@ class StoreStep:
         outcomes["stale"] += result.stale
         self._count(len(records), outcomes, letters)
         self._metrics.cancelled.inc(len(result.cancelled))
+        self._metrics.dlq_resolved.inc(result.resolved)
         if result.cancelled:
             log.info("cancelled traces not stored", traces=len(result.cancelled))
         refused = {part.row.id for r in result.rejected for part in r.pending.originals}

@@ -33,6 +33,12 @@ third path, the merge of ``storage_worker.merge`` (why a spans table: migration 
   late) is bumped, and the parts that wrote nothing are told apart as duplicate or stale by the
   stored spans' part ids.
 
+Dead letters stored after all: a trace that was dead-lettered and is now stored (``dlq replay``,
+``replay raw``) has entries in the dead-letter index (``dlq_index``, ``storage_worker.dlq_index``);
+the same transaction marks them resolved for every id it wrote or aliased, so a receipt never says
+"dead-lettered" for a stored trace. The transaction first takes the indexer's advisory lock, shared
+(``sql.LOCK_DLQ_INDEX_SHARED``: why, beside it).
+
 Poison rows: when PostgreSQL refuses the batch because of its data (``\\u0000`` in a JSON string,
 a number out of range, the project deleted meanwhile: SQLSTATE classes 21, 22, 23, 54), the
 transaction is rolled back and the batch is written again by bisection inside savepoints: halves
@@ -64,6 +70,8 @@ from storage_worker.sql import (
     INSERT_ALIASES,
     INSERT_BY_ID,
     LIVE_PLATFORMS,
+    LOCK_DLQ_INDEX_SHARED,
+    RESOLVE_DEAD_LETTERS,
     SPAN_STAGE,
     SPAN_STAGE_TYPES,
     STAGE,
@@ -105,8 +113,9 @@ class Refused:
 class WriteResult:
     """What became of one batch: an outcome per written record (stored, replaced, duplicate,
     stale, merged), the writes PostgreSQL refused, the records whose platform no longer exists
-    (dead-lettered ``platform_unresolved``), the records cancelled by a 503 (never stored), and
-    how many the collapse found to be duplicates or stale inside the batch."""
+    (dead-lettered ``platform_unresolved``), the records cancelled by a 503 (never stored), how
+    many the collapse found to be duplicates or stale inside the batch, and how many dead-letter
+    index entries the batch resolved."""
 
     outcomes: dict[uuid.UUID, Outcome] = field(default_factory=dict)
     rejected: list[Refused] = field(default_factory=list)
@@ -114,6 +123,7 @@ class WriteResult:
     cancelled: list[Pending] = field(default_factory=list)
     duplicates: int = 0
     stale: int = 0
+    resolved: int = 0  # dead-letter index entries of traces this batch stored (a replay)
 
     def merge(self, other: WriteResult) -> WriteResult:
         self.outcomes.update(other.outcomes)
@@ -291,12 +301,24 @@ async def _alias(conn: psycopg.AsyncConnection[Any], rows: Sequence[TraceRow]) -
         await conn.execute(INSERT_ALIASES, tuple(map(list, columns)))
 
 
+async def _resolve(conn: psycopg.AsyncConnection[Any], ids: Sequence[uuid.UUID]) -> int:
+    """Mark the dead-letter index entries of ``ids`` resolved: these traces are stored now (a
+    replay of a dead letter). Their ids lead to the stored trace (as a row's id or an alias)."""
+    if not ids:
+        return 0
+    cur = await conn.execute(RESOLVE_DEAD_LETTERS, (list(ids),))
+    return max(0, cur.rowcount)
+
+
 async def _write_admitted(
     conn: psycopg.AsyncConnection[Any], pending: Sequence[Pending], *, isolate: bool
 ) -> WriteResult:
-    """One transaction: admit, collapse, write (all at once, or by bisection), alias, commit."""
+    """One transaction: admit, collapse, write (all at once, or by bisection), alias, resolve
+    dead letters, commit."""
     result = WriteResult()
     async with conn.transaction():
+        # First, before any row lock: the dead-letter indexer's lock (sql.LOCK_DLQ_INDEX), shared.
+        await conn.execute(LOCK_DLQ_INDEX_SHARED)
         plan: Plan = collapse(await _admit(conn, pending, result))
         result.duplicates, result.stale = len(plan.duplicates), len(plan.stale)
         if isolate:
@@ -305,7 +327,9 @@ async def _write_admitted(
             result.outcomes.update(await _attempt(conn, plan.writes))
         refused = {part.row.id for r in result.rejected for part in r.pending.originals}
         kept = [part.row for item in (*plan.writes, *plan.stale) for part in item.originals]
-        await _alias(conn, [row for row in kept if row.id not in refused])
+        kept = [row for row in kept if row.id not in refused]
+        await _alias(conn, kept)
+        result.resolved = await _resolve(conn, [row.id for row in kept])
     return result
 
 

@@ -28,7 +28,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 PLATFORM_TYPES = ("n8n", "flowise", "http_api", "custom")
 
@@ -201,4 +201,38 @@ dlq_replays = Table(
     Column("reason", Text, nullable=False),
     Column("run_id", UUID(as_uuid=True), nullable=False),
     Column("replayed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+dlq_index = Table(
+    "dlq_index",
+    metadata,
+    # One row per record of traces.dlq (migration 0006), written by the storage worker's second
+    # consume loop (storage_worker.dlq_index) from the record's dlq-* headers and envelope: what
+    # receipts (GET /public/traces/{id}, mibo-ingest trace) and `mibo-ingest dlq stats` read
+    # instead of the topic. Keyed by the record's position, so a re-delivery inserts nothing.
+    Column("topic", Text, primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("offset", BigInteger, primary_key=True),
+    # From the envelope; NULL when the value is no envelope (invalid_envelope). No foreign keys:
+    # an entry outlives its project, platform or key, as the record outlives them in the topic.
+    Column("trace_id", UUID(as_uuid=True)),
+    Column("project_id", UUID(as_uuid=True)),
+    Column("api_key_id", UUID(as_uuid=True)),
+    Column("platform_id", UUID(as_uuid=True)),  # explicit, or routed (storage stage); else NULL
+    Column("external_id", Text),
+    Column("received_at", DateTime(timezone=True)),
+    # From the headers.
+    Column("reason", Text, nullable=False),
+    Column("stage", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("candidates", ARRAY(Text), nullable=False, server_default=text("'{}'")),
+    Column("origin", Text, nullable=False),  # dlq-source: where the original record sat
+    Column("failed_at", DateTime(timezone=True)),  # dlq-failed-at, else the record's timestamp
+    Column("attempt", Integer, nullable=False),
+    Column("indexed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Set when the trace is stored after all (a replay): by the storage worker's write transaction,
+    # or at indexing when the trace was stored already.
+    Column("resolved_at", DateTime(timezone=True)),
+    Index("ix_dlq_index_trace_id", "trace_id"),
+    Index("ix_dlq_index_project_id_reason", "project_id", "reason"),
 )

@@ -47,7 +47,9 @@ async def test_tail_and_stats_filter_by_key_and_reason(
     )
     assert [json.loads(line)["trace_id"] for line in only.splitlines()] == [missing]
 
-    stats = json.loads(await asyncio.to_thread(cli, settings, "stats", "--json", "--key-id", key_id))
+    stats = json.loads(
+        await asyncio.to_thread(cli, settings, "stats", "--from-topic", "--json", "--key-id", key_id)
+    )  # the topic itself (the index's stats: test_receipts.py)
     assert stats["total"] == 4
     assert stats["reason"] == {"platform_ambiguous": 3, "platform_not_found": 1}
     assert stats["key"] == {key_id: 4} and stats["age"] == {"< 1 h": 4}

@@ -144,7 +144,7 @@ def test_migration_0005_rekeys_otlp_traces_and_keeps_old_ids_as_aliases(scratch_
             (old_id, project, platform, external, now),
         )
         conn.execute("INSERT INTO trace_spans VALUES (%s, 's1', %s, %s, '{}', '{}')", (old_id, part, now))
-    migrate.upgrade(scratch_db)
+    migrate.upgrade(scratch_db, "0005")
     new_id = uuid.uuid5(NAMESPACE, f"{project}/{platform}/{external}")
     with psycopg.connect(scratch_db, autocommit=True) as conn:
         assert conn.execute("SELECT id FROM traces").fetchall() == [(new_id,)]

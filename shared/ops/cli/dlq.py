@@ -1,9 +1,13 @@
-"""``mibo-ingest dlq tail | stats``: the dead-letter topic for operators.
+"""``mibo-ingest dlq tail | stats | replay``: the dead-letter topic for operators.
 
 ``tail`` lists records (oldest first; ``--follow`` keeps reading), filtered by reason, key id,
-project, platform or age; ``stats`` counts them by reason, key, platform and age. Both read without
-a consumer group, so looking never changes anything. ``replay`` re-produces the selected records to
-traces.raw (see router_worker.replay), ``--dry-run`` first.
+project, platform or age, reading the topic without a consumer group, so looking never changes
+anything. ``stats`` counts them by reason, key, platform and age — from the dead-letter index in
+PostgreSQL (``dlq_index``, kept by the storage worker; one grouped query, however long the topic),
+which also says how many were resolved (stored after a replay); ``--from-topic`` counts the topic
+itself instead (what is still there, without the index's lag). The same filters mean the same in
+both. ``replay`` re-produces the selected records to traces.raw (see router_worker.replay),
+``--dry-run`` first.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ import datetime as dt
 import sys
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
+import psycopg
 
 from shared.contracts.topics import Topics
 from shared.ops.cli.common import add_json_flag, table
+from shared.registry.validation import as_uuid
 from shared.runtime.dlq_reader import DlqEntry, describe, read
-from shared.runtime.settings import Settings
+from shared.runtime.settings import Settings, libpq_url
 
 AGE_BUCKETS = (
     (dt.timedelta(hours=1), "< 1 h"),
@@ -120,16 +127,14 @@ def _age(entry: DlqEntry, now: dt.datetime) -> str:
     return next((label for limit, label in AGE_BUCKETS if age < limit), ">= 7 days")
 
 
-async def _stats(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+Counts = dict[str, Counter[str]]
+GROUPS = ("reason", "key", "platform", "age")
+
+
+async def _topic_counts(settings: Settings, args: argparse.Namespace) -> tuple[int, Counts]:
     keep = selector(args)
     now = dt.datetime.now(dt.UTC)
-    counts: dict[str, Counter[str]] = {
-        "reason": Counter(),
-        "key": Counter(),
-        "platform": Counter(),
-        "age": Counter(),
-    }
+    counts: Counts = {name: Counter() for name in GROUPS}
     total = 0
     async for record in read(settings.kafka_bootstrap_servers, _topic(settings)):
         entry = describe(record)
@@ -140,10 +145,97 @@ async def _stats(args: argparse.Namespace) -> int:
         counts["key"][_short(entry.key_id)] += 1
         counts["platform"][_short(entry.platform_id)] += 1
         counts["age"][_age(entry, now)] += 1
+    return total, counts
+
+
+def index_filters(args: argparse.Namespace, topic: str) -> tuple[str, dict[str, Any]]:
+    """:func:`selector`'s filters as a WHERE clause on ``dlq_index`` (and its parameters): the same
+    records pass. Ids that are not UUIDs match nothing, as they match no record of the topic."""
+    clauses = ["topic = %(topic)s"]
+    params: dict[str, Any] = {"topic": topic}
+    if args.reason:
+        clauses.append("reason = ANY(%(reason)s)")
+        params["reason"] = list(args.reason)
+    for option, column in (("key_id", "api_key_id"), ("project", "project_id")):
+        text = getattr(args, option)
+        if text:
+            clauses.append(f"{column} = %({option})s")
+            params[option] = as_uuid(text)  # None: NULL, which equals nothing
+    if args.platform:
+        clauses.append("(platform_id::text = %(platform)s OR %(platform)s = ANY(candidates))")
+        params["platform"] = args.platform
+    if args.newer_than:  # a record without a time counts as new, as in selector()
+        clauses.append("coalesce(failed_at, now()) >= now() - %(newer_than)s")
+        params["newer_than"] = args.newer_than
+    if args.older_than:
+        clauses.append("coalesce(failed_at, now()) <= now() - %(older_than)s")
+        params["older_than"] = args.older_than
+    return " AND ".join(clauses), params
+
+
+def _age_case() -> tuple[str, dict[str, Any]]:
+    """:func:`_age` in SQL: the same buckets, the same labels."""
+    whens = [f"WHEN now() - failed_at < %(age{i})s THEN %(label{i})s" for i in range(len(AGE_BUCKETS))]
+    params: dict[str, Any] = {}
+    for i, (limit, label) in enumerate(AGE_BUCKETS):
+        params[f"age{i}"], params[f"label{i}"] = limit, label
+    return f"CASE WHEN failed_at IS NULL THEN 'unknown' {' '.join(whens)} ELSE '>= 7 days' END", params
+
+
+def stats_query(args: argparse.Namespace, topic: str) -> tuple[str, dict[str, Any]]:
+    """One grouped query: a row (group, value, count) per reason, key, platform, age and state
+    (resolved or not), and the total (group ``total``)."""
+    where, params = index_filters(args, topic)
+    age, age_params = _age_case()
+    sql = f"""
+SELECT CASE WHEN grouping(reason) = 0 THEN 'reason' WHEN grouping(k) = 0 THEN 'key'
+            WHEN grouping(p) = 0 THEN 'platform' WHEN grouping(age) = 0 THEN 'age'
+            WHEN grouping(state) = 0 THEN 'state' ELSE 'total' END,
+       coalesce(reason, k, p, age, state, ''), count(*)
+FROM (SELECT reason, coalesce(api_key_id::text, '-') AS k, coalesce(platform_id::text, '-') AS p,
+             {age} AS age, CASE WHEN resolved_at IS NULL THEN 'unresolved' ELSE 'resolved' END AS state
+      FROM dlq_index WHERE {where}) AS e
+GROUP BY GROUPING SETS ((reason), (k), (p), (age), (state), ())
+"""
+    return sql, {**params, **age_params}
+
+
+async def _index_counts(settings: Settings, args: argparse.Namespace) -> tuple[int, Counts]:
+    if not settings.database_url:
+        raise SystemExit("DATABASE_URL is not set (after `mibo-ingest dev up`: . .devstack/env)")
+    sql, params = stats_query(args, _topic(settings))
+    async with await psycopg.AsyncConnection.connect(
+        libpq_url(settings.database_url), autocommit=True
+    ) as conn:
+        cur = await conn.execute(sql, params)
+        rows = await cur.fetchall()
+    counts: Counts = {name: Counter() for name in (*GROUPS, "state")}
+    total = 0
+    for group, value, n in rows:
+        if group == "total":
+            total = n
+        else:
+            counts[group][value] = n
+    return total, counts
+
+
+async def _stats(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    source = "topic" if args.from_topic else "index"
+    if args.from_topic:
+        total, counts = await _topic_counts(settings, args)
+    else:
+        total, counts = await _index_counts(settings, args)
     if args.json:
-        print(msgspec.json.encode({"total": total, **{k: dict(v) for k, v in counts.items()}}).decode())
+        out = {"total": total, "source": source, **{k: dict(v) for k, v in counts.items()}}
+        print(msgspec.json.encode(out).decode())
         return 0
-    print(f"{total} dead-lettered record(s) in {_topic(settings)}")
+    where = (
+        f"in {_topic(settings)}"
+        if args.from_topic
+        else f"indexed from {_topic(settings)} (--from-topic reads the topic itself)"
+    )
+    print(f"{total} dead-lettered record(s) {where}")
     for name, counter in counts.items():
         if counter:
             print()
@@ -233,7 +325,12 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--again", action="store_true", help="also replay records replayed before")
     add_json_flag(p)
     p.set_defaults(handler=replay)
-    p = sub.add_parser("stats", help="counts by reason, key, platform and age")
+    p = sub.add_parser(
+        "stats", help="counts by reason, key, platform and age (from the dead-letter index in PostgreSQL)"
+    )
     add_filters(p)
+    p.add_argument(
+        "--from-topic", action="store_true", help="count the records of the topic itself, not the index"
+    )
     add_json_flag(p)
     p.set_defaults(handler=stats)

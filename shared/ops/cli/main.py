@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from shared.ops.cli import db, dev, dlq, keys, platforms, projects, replay
+from shared.ops.cli import db, dev, dlq, keys, platforms, projects, replay, trace
 from shared.runtime.logging import configure_logging
 
 
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mibo-ingest", description="Operate the mibo-ingest trace pipeline."
     )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    for module in (dev, db, projects, platforms, keys, dlq, replay):
+    for module in (dev, db, projects, platforms, keys, dlq, replay, trace):
         module.register(groups)
     return parser
 
