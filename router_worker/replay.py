@@ -37,7 +37,9 @@ class Candidate(msgspec.Struct, kw_only=True):
     record: Any = None  # the ConsumerRecord (not serialised)
 
 
-def preview(value: bytes, snapshot: Snapshot) -> str:
+def preview(value: bytes | None, snapshot: Snapshot) -> str:
+    if value is None:
+        return "dead-letter again: invalid_envelope"
     try:
         envelope = decode_raw(value)
     except (msgspec.DecodeError, msgspec.ValidationError):

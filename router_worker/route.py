@@ -40,6 +40,8 @@ class Item:
 
 
 def decode(record: Record) -> RawEnvelope | dlq.DeadLetter:
+    if record.value is None:  # a tombstone: nothing to route, and it must not block the partition
+        return dlq.DeadLetter("invalid_envelope", "The record has no value (a tombstone?)")
     try:
         return decode_raw(record.value)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
