@@ -24,6 +24,8 @@ import structlog
 from aiohttp import http_exceptions, web
 from msgspec import Meta
 
+from shared.contracts.times import iso_utc
+
 _encoder = msgspec.json.Encoder()
 log = structlog.get_logger(__name__)
 
@@ -118,7 +120,7 @@ class ApiError(Exception):
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(dt.datetime.now(dt.UTC))
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

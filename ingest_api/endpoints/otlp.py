@@ -51,6 +51,7 @@ from ingest_api.otlp_decode import (
 from ingest_api.responses import ERROR_CODE, ApiError, Detail, success
 from shared.contracts import otlp
 from shared.contracts.envelope import RawEnvelope, encode, message_key
+from shared.contracts.times import iso_utc
 from shared.registry import KeyInfo
 
 log = structlog.get_logger(__name__)
@@ -295,7 +296,7 @@ async def accept_on_public(
             "externalId": first.envelope.external_id,
             "platformId": str(first.platform_id) if first.platform_id else None,
             "status": "queued",
-            "createdAt": first.envelope.received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "createdAt": iso_utc(first.envelope.received_at),
             "traces": traces,
             "acceptedSpans": outcome.accepted_spans,
             "rejectedSpans": outcome.rejected_spans,

@@ -24,6 +24,7 @@ from ingest_api.auth import API_KEY_HEADER, authenticate, check_scope
 from ingest_api.context import DB_POOL, KEY_REGISTRY
 from ingest_api.endpoints.trace_read import query, scope_params
 from ingest_api.responses import ApiError, Detail, success
+from shared.contracts.times import iso_utc
 from shared.registry import KeyInfo
 
 DEFAULT_LIMIT = 20
@@ -90,10 +91,6 @@ def parse_query(params: Any) -> ListQuery:
     return ListQuery(platform_id, limit, after)
 
 
-def _time(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def summary(row: tuple[Any, ...]) -> dict[str, Any]:
     trace_id, platform_id, external_id, shape, received, stored, updated = row
     return {
@@ -101,9 +98,9 @@ def summary(row: tuple[Any, ...]) -> dict[str, Any]:
         "platformId": str(platform_id),
         "externalId": external_id,
         "bodyShape": shape,
-        "receivedAt": _time(received),
-        "createdAt": _time(stored),
-        "updatedAt": _time(updated),
+        "receivedAt": iso_utc(received),
+        "createdAt": iso_utc(stored),
+        "updatedAt": iso_utc(updated),
     }
 
 

@@ -76,6 +76,7 @@ from ingest_api.auth import API_KEY_HEADER, authenticate
 from ingest_api.context import DB_POOL, KEY_REGISTRY
 from ingest_api.enqueue import RETRY_AFTER_SECONDS
 from ingest_api.responses import ApiError, Detail, Timestamp, success
+from shared.contracts.times import iso_utc
 from shared.registry import KeyInfo
 
 log = structlog.get_logger(__name__)
@@ -194,12 +195,8 @@ Receipt = Stored | LetterRow | None
 """What a lookup found: the stored trace, its newest (unresolved) dead letter, or nothing."""
 
 
-def _time(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _maybe_time(value: dt.datetime | None) -> str | None:
-    return None if value is None else _time(value)
+    return None if value is None else iso_utc(value)
 
 
 def _json(text: str | None) -> msgspec.Raw | None:
@@ -218,9 +215,9 @@ def trace_data(row: tuple[Any, ...]) -> dict[str, Any]:
         "payload": _json(payload),
         "metadata": _json(metadata),
         "externalMetadata": _json(external),
-        "receivedAt": _time(received),
-        "createdAt": _time(stored),
-        "updatedAt": _time(updated),
+        "receivedAt": iso_utc(received),
+        "createdAt": iso_utc(stored),
+        "updatedAt": iso_utc(updated),
     }
 
 

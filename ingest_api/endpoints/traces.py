@@ -21,6 +21,7 @@ from ingest_api.envelopes import build_envelope
 from ingest_api.responses import ApiError, Detail, success
 from shared.contracts import otlp
 from shared.contracts.envelope import encode, message_key
+from shared.contracts.times import iso_utc
 
 EXTERNAL_ID_MAX = 255
 _EXTERNAL_ID = re.compile(r"^[\x20-\x7e]+$")
@@ -82,7 +83,7 @@ async def post_trace(request: web.Request) -> web.Response:
             "externalId": external_id,
             "platformId": str(platform) if platform else None,
             "status": "queued",
-            "createdAt": envelope.received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "createdAt": iso_utc(envelope.received_at),
         },
         "Trace accepted",
         status=202,

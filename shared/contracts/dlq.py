@@ -13,6 +13,8 @@ from typing import Literal
 
 import msgspec
 
+from shared.contracts.times import iso_utc
+
 Reason = Literal[
     "invalid_envelope",
     "platform_not_found",
@@ -53,7 +55,7 @@ def headers(
     attempt: int = 1,
     failed_at: dt.datetime | None = None,
 ) -> list[tuple[str, bytes]]:
-    when = (failed_at or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    when = iso_utc(failed_at or dt.datetime.now(dt.UTC))
     out = [
         (REASON, dead.reason),
         (DETAIL, dead.detail[:MAX_DETAIL]),

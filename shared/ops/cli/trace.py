@@ -27,6 +27,7 @@ import msgspec
 import psycopg
 
 from shared import registry
+from shared.contracts.times import iso_utc
 from shared.ops.cli.common import add_json_flag, add_project_option, command, or_dash
 from shared.registry.validation import as_uuid
 from shared.runtime.settings import Settings, libpq_url
@@ -72,9 +73,7 @@ class Names:
 
 
 def _time(moment: dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if moment is None else iso_utc(moment)
 
 
 def _history(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
