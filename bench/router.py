@@ -1,13 +1,23 @@
-"""Router benchmark: the router's step against a bare aiokafka consume-and-produce loop.
+"""Router benchmark: CPU per trace of ``python -m router_worker`` beside a bare aiokafka loop.
 
-    .venv/bin/python -m bench.router [--count 50000]
+    .venv/bin/python -m bench.router [--count 50000] [--rate 0] [--profile]
 
-Uses the stack of ``.devstack/env``. Writes ``--count`` raw envelopes (~1 KB bodies) to a fresh
-topic prefix, then drains them twice through the same consume → step → commit loop
-(shared.runtime.worker.run_batches), each with its own consumer group: once with a bare step that only
-re-produces every record and gathers the acks, once with router_worker.route.Router.step (decode,
-resolve against the platform snapshot, re-encode, produce, gather). Prints both rates and the ratio;
-writes ``bench/results/router.json``.
+Uses the stack of ``.devstack/env``. In one run, each on a topic prefix of its own, the same
+``--count`` raw envelopes (~1 KB bodies, a key restricted to one n8n platform) are produced while
+the process consumes them (bench/worker_cpu.py):
+
+1. baselines: ``python -m bench.bare_loops relay`` — consume → produce every record → gather the
+   acks → commit, with the workers' Kafka settings and loop, nothing else; once with aiokafka's
+   fetch defaults, once with the workers' fetch tuning (``shared.runtime.kafka.WORKER_FETCH``:
+   the baseline the ratio is taken against);
+2. ``python -m router_worker`` as the pipeline runs it (decode → resolve → produce → commit).
+
+CPU of each process is read from ``/proc`` (bench/procstat.py) from the first record produced to
+the last one committed: CPU ms per trace is the figure that holds on a shared machine; rates are
+printed beside it. ``--rate`` paces the producer (records/s; 0: as fast as it goes).
+``--profile`` adds a third run of the router under py-spy, saved as
+``bench/results/router-worker.folded`` (``-f raw``, 200 Hz; its CPU figures are not used).
+Writes ``bench/results/router.json``.
 """
 
 from __future__ import annotations
@@ -16,26 +26,22 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import psycopg
-from aiokafka import AIOKafkaProducer
 
 from bench.ingest import load_env_file, trace_body
-from router_worker.metrics import RouterMetrics
-from router_worker.platforms import PlatformRegistry
-from router_worker.route import Router
+from bench.worker_cpu import ConsumerRun, Values, run_consumer, start_bare, stop
 from shared import registry
-from shared.contracts.topics import Topics
-from shared.devstack.pipeline import Tenant
-from shared.runtime.kafka import ensure_topics, make_consumer, make_producer
+from shared.contracts.envelope import encode, message_key
+from shared.devstack.pipeline import Tenant, start_worker
+from shared.runtime.kafka import ensure_topics
 from shared.runtime.settings import Settings, libpq_url
-from shared.runtime.worker import Batch, Step, run_batches
-from tests.router_helpers import produce_raw, raw_envelopes
+from tests.router_helpers import raw_envelopes
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 
 
 async def bench_tenant(settings: Settings) -> Tenant:
@@ -52,40 +58,45 @@ async def bench_tenant(settings: Settings) -> Tenant:
     return tenant
 
 
-async def drain(
-    settings: Settings,
-    topics: Topics,
-    group: str,
-    step_factory: Callable[[AIOKafkaProducer], Step],
-    count: int,
-) -> float:
-    """Seconds to consume ``count`` records through ``step`` (started when the first batch arrives)."""
-    consumer = make_consumer(settings, topics.raw, group_id=group, max_poll_records=1000)
-    producer = make_producer(settings)
-    await consumer.start()
-    await producer.start()
-    step = step_factory(producer)
-    stop = asyncio.Event()
-    seen = 0
-    first: float | None = None
+def raw_values(tenant: Tenant, count: int, body: bytes) -> Values:
+    return [
+        (message_key(e.project_id, e.external_id, e.trace_id), encode(e))
+        for e in raw_envelopes(tenant, count, body=body)
+    ]
 
-    async def counted(batch: Batch) -> None:
-        nonlocal seen, first
-        first = first or time.perf_counter()
-        await step(batch)
-        seen += sum(len(records) for records in batch.values())
-        if seen >= count:
-            stop.set()
 
+def prefixed(settings: Settings, what: str) -> Settings:
+    return msgspec.structs.replace(settings, kafka_topic_prefix=f"bench{time.time_ns()}-{what}.")
+
+
+async def bare(
+    settings: Settings, warmup: Values, values: Values, rate: float, *, worker_fetch: bool
+) -> ConsumerRun:
+    own = prefixed(settings, "bare")
+    topics = await ensure_topics(own)
+    group = f"{own.kafka_topic_prefix}bare"
+    proc = start_bare(own, "relay", topics.raw, topics.routed, group, worker_fetch=worker_fetch)
     try:
-        await asyncio.wait_for(
-            run_batches(consumer, counted, stop, max_records=1000, name=group), timeout=600
-        )
+        return await run_consumer(own, "bare", proc, group, topics.raw, warmup, values, rate=rate)
     finally:
-        await consumer.stop()
-        await producer.stop()
-    assert first is not None
-    return time.perf_counter() - first
+        stop(proc)
+
+
+async def router(
+    settings: Settings, warmup: Values, values: Values, rate: float, profile: Path | None = None
+) -> ConsumerRun:
+    own = prefixed(settings, "router")
+    topics = await ensure_topics(own)
+    logs = ROOT / ".devstack" / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    service = start_worker("router_worker", own, logs, LOG_LEVEL="warning")
+    try:
+        return await run_consumer(
+            own, "router", service.proc, f"{own.kafka_topic_prefix}router_worker", topics.raw, warmup,
+            values, rate=rate, profile=profile,
+        )  # fmt: skip
+    finally:
+        service.stop()
 
 
 async def main() -> None:
@@ -93,52 +104,54 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--count", type=int, default=50_000)
+    parser.add_argument("--rate", type=float, default=0, help="records/s produced (0: unpaced)")
+    parser.add_argument("--profile", action="store_true", help="a py-spy profile of the router")
     args = parser.parse_args()
     load_env_file()
-    prefix = f"bench{time.time_ns()}."
-    settings = msgspec.structs.replace(Settings.from_env(), kafka_topic_prefix=prefix)
-    topics = await ensure_topics(settings)
+    settings = Settings.from_env()
     tenant = await bench_tenant(settings)
-    await produce_raw(settings, topics, raw_envelopes(tenant, args.count, body=trace_body()))
+    body = trace_body()
+    warmup, values = raw_values(tenant, 500, body), raw_values(tenant, args.count, body)
 
-    def bare(producer: AIOKafkaProducer) -> Step:
-        async def step(batch: Batch) -> None:
-            futures = [
-                await producer.send(topics.routed, r.value, key=r.key)
-                for records in batch.values()
-                for r in records
-            ]
-            await asyncio.gather(*futures)
-
-        return step
-
-    registry = PlatformRegistry(libpq_url(settings.database_url))
-    await registry.reload()
-
-    def routing(producer: AIOKafkaProducer) -> Step:
-        return Router(producer, topics, registry, RouterMetrics()).step
-
-    base = await drain(settings, topics, f"{prefix}bare", bare, args.count)
-    real = await drain(settings, topics, f"{prefix}router", routing, args.count)
-    base_rate, real_rate = args.count / base, args.count / real
-    print(f"\nrouter benchmark: {args.count} envelopes with ~1 KB bodies, batches of up to 1000\n")
-    print("| loop | msg/s | seconds |")
+    plain = await bare(settings, warmup, values, args.rate, worker_fetch=False)
+    base = await bare(settings, warmup, values, args.rate, worker_fetch=True)
+    real = await router(settings, warmup, values, args.rate)
+    if args.profile:
+        await router(settings, warmup, values, args.rate, RESULTS / "router-worker.folded")
+    p, b, r = plain.cpu_ms["bare"], base.cpu_ms["bare"], real.cpu_ms["router"]
+    paced = f"{args.rate:,.0f}/s" if args.rate else "unpaced"
+    print(f"\nrouter benchmark: {args.count} envelopes with ~1 KB bodies, produced {paced}\n")
+    print("| process | CPU ms per trace | traces/s |")
     print("|---|---|---|")
-    print(f"| bare consume → produce → commit (baseline) | {base_rate:,.0f} | {base:.2f} |")
-    print(f"| router: decode → resolve → produce → commit | {real_rate:,.0f} | {real:.2f} |")
-    print(f"\nratio router/bare: {real_rate / base_rate:.2f}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "router.json").write_text(
+    print(
+        f"| bare consume → produce → commit, aiokafka's fetch defaults | {p:.4f} | {plain.records / plain.seconds:,.0f} |"
+    )
+    print(
+        f"| bare consume → produce → commit, the workers' fetch (baseline) | {b:.4f} | {base.records / base.seconds:,.0f} |"
+    )
+    print(f"| python -m router_worker | {r:.4f} | {real.records / real.seconds:,.0f} |")
+    print(f"\nCPU ratio router/bare: {r / b:.2f} (router/bare with aiokafka's fetch defaults: {r / p:.2f})")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "router.json").write_text(
         json.dumps(
             {
                 "count": args.count,
-                "baseline_rate": base_rate,
-                "router_rate": real_rate,
-                "ratio": real_rate / base_rate,
+                "rate_produced": args.rate,
+                "baseline_library_fetch": plain.row(),
+                "baseline": base.row(),
+                "router": real.row(),
+                "baseline_library_fetch_cpu_ms": p,
+                "baseline_cpu_ms": b,
+                "router_cpu_ms": r,
+                "cpu_ratio": r / b,
+                # throughput figures, as bench/report.py reads them
+                "baseline_rate": base.records / base.seconds,
+                "router_rate": real.records / real.seconds,
+                "ratio": (real.records / real.seconds) / (base.records / base.seconds),
             },
             indent=2,
         )
+        + "\n"
     )
 
 

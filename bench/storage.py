@@ -1,21 +1,26 @@
-"""Storage benchmark: the storage worker's write path against a plain COPY of the same rows.
+"""Storage benchmark: CPU per trace of the storage worker beside a plain COPY of the same rows.
 
-    .venv/bin/python -m bench.storage [--count 20000] [--batch 500] [--no-worker]
+    .venv/bin/python -m bench.storage [--count 20000] [--batch 500] [--rate 0] [--no-worker] [--profile]
 
 Uses the stack of ``.devstack/env`` (``make bench`` brings it up first; variables already in the
-environment win). In one run, with ``--count`` routed traces of ~1 KB for a fresh bench project,
-in batches of ``--batch`` rows, one transaction each:
+environment win). In one run, with ``--count`` routed traces of ~1 KB for a fresh bench project
+(every fourth with an external id), CPU of the Python process and of its PostgreSQL backend
+(``/proc``, bench/procstat.py) per trace for:
 
-1. baseline: a plain ``COPY`` of the already-decoded rows into a scratch table shaped like
-   ``traces`` (same columns, defaults and indexes) — the floor any write path pays;
-2. the write path: routed Kafka record bytes → decode → collapse → COPY into the staging table →
-   ``INSERT ... ON CONFLICT`` → commit (storage_worker.rows/upsert/write, exactly the worker's code);
-3. a replay of the same records (every row a duplicate: what a re-delivery costs);
-4. unless ``--no-worker``: ``python -m storage_worker`` end to end — a second set of records
-   produced to a fresh topic prefix first, timed from the first stored row to the last.
+1. in-process baseline: a plain ``COPY`` of the already-decoded rows into a scratch table shaped
+   like ``traces`` (same columns, defaults and indexes), ``--batch`` rows a transaction — the
+   floor any write path pays;
+2. in-process, the write path: routed Kafka record bytes → decode → collapse → COPY into the
+   staging table → ``INSERT ... ON CONFLICT`` → commit (exactly the worker's code), and a replay
+   of the same records (every row a duplicate: what a re-delivery costs);
+3. unless ``--no-worker``, processes fed from Kafka while they run (bench/worker_cpu.py):
+   ``python -m bench.bare_loops copy`` (consume → COPY → COMMIT → commit, the baseline) and
+   ``python -m storage_worker`` as the pipeline runs it. ``--rate`` paces the records (0: as fast
+   as the bench produces); ``--profile`` adds a storage worker run under py-spy, saved as
+   ``bench/results/storage-worker.folded`` (its CPU figures are not used).
 
-Prints the rates and the ratio write path / COPY; writes ``bench/results/storage.json``.
-The bench project (and its traces) and the scratch table are removed at the end.
+Writes ``bench/results/storage.json``. The bench project (and its traces) and the scratch tables
+are removed at the end.
 """
 
 from __future__ import annotations
@@ -25,10 +30,10 @@ import asyncio
 import datetime as dt
 import json
 import os
-import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +41,13 @@ import msgspec
 import psycopg
 
 from bench.ingest import load_env_file, trace_body
+from bench.procstat import SELF, CpuMeter
+from bench.worker_cpu import ConsumerRun, Values, run_consumer, start_bare, stop
 from shared import registry
 from shared.contracts.envelope import Hints, RawEnvelope, encode, message_key, routed
 from shared.contracts.ids import uuid7
-from shared.devstack.pipeline import free_port
-from shared.registry.validation import one
-from shared.runtime.kafka import ensure_topics, make_producer
+from shared.devstack.pipeline import start_worker
+from shared.runtime.kafka import ensure_topics
 from shared.runtime.settings import Settings, libpq_url
 from storage_worker.last_used import LastUsedTracker
 from storage_worker.rows import TraceRow, decode_records
@@ -50,6 +56,7 @@ from storage_worker.write import create_stage, write_rows
 from tests.storage_helpers import consumer_record
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 
 SCRATCH = "bench_storage_scratch"
 Conn = psycopg.AsyncConnection[Any]
@@ -135,60 +142,82 @@ async def write_path(
     return time.perf_counter() - started, outcomes
 
 
-async def produce(settings: Settings, topic: str, values: list[tuple[bytes, bytes]]) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        for part in batches(values, 2000):
-            await asyncio.gather(*[await producer.send(topic, value, key=key) for key, value in part])
-    finally:
-        await producer.stop()
-
-
-async def worker_end_to_end(
-    settings: Settings, conn: Conn, tenant: BenchTenant, values: list[tuple[bytes, bytes]]
-) -> float:
-    """Seconds from the first row the worker stored to the last (records produced beforehand)."""
-    prefix = f"bench{time.time_ns()}."
-    topics = await ensure_topics(msgspec.structs.replace(settings, kafka_topic_prefix=prefix))
-    await produce(settings, topics.routed, values)
-    await conn.execute("DELETE FROM traces WHERE project_id = %s", (tenant.project_id,))
+async def backend_pid(conn: Conn, application: str) -> int:
+    """The newest PostgreSQL backend of ``application`` (a worker's connection), by its name."""
+    cur = await conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY backend_start DESC LIMIT 1",
+        (application,),
+    )
+    found = await cur.fetchone()
     await conn.commit()
-    port = free_port()
-    env = os.environ | {
-        "KAFKA_TOPIC_PREFIX": prefix,
-        "STORAGE_METRICS_PORT": str(port),
-        "METRICS_HOST": "127.0.0.1",
-        "LOG_LEVEL": "warning",
-    }
-    worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "storage_worker", env=env, cwd=ROOT)
+    if found is None:
+        raise SystemExit(f"no PostgreSQL backend named {application!r}")
+    return int(found[0])
+
+
+async def bare_copy(
+    settings: Settings, conn: Conn, warmup: Values, values: Values, rate: float
+) -> ConsumerRun:
+    """``bench.bare_loops copy``: consume → COPY → COMMIT → commit, as a process (+ its backend)."""
+    own = prefixed(settings, "bare")
+    topics = await ensure_topics(own)
+    group, table = f"{own.kafka_topic_prefix}bare", f"bench_bare_{time.time_ns()}"
+    proc = start_bare(own, "copy", topics.routed, table, group, worker_fetch=True)
+
+    async def backend() -> dict[str, int]:
+        return {"postgres": await backend_pid(conn, "bare_copy")}
+
     try:
-        first: float | None = None
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            cur = await conn.execute(
-                "SELECT count(*) FROM traces WHERE project_id = %s", (tenant.project_id,)
-            )
-            stored = one(await cur.fetchone())[0]
-            await conn.commit()
-            now = time.perf_counter()
-            if stored and first is None:
-                first = now
-            if stored >= len(values):
-                assert first is not None
-                _check_metrics(port)
-                return now - first
-            await asyncio.sleep(0.02)
-        raise SystemExit("the storage worker did not store every record in time")
+        return await run_consumer(
+            own, "bare", proc, group, topics.routed, warmup, values, rate=rate, extra_pids=backend
+        )
     finally:
-        worker.terminate()
-        await asyncio.wait_for(worker.wait(), 30)
+        stop(proc)
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.commit()
 
 
-def _check_metrics(port: int) -> None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+async def worker(
+    settings: Settings, conn: Conn, warmup: Values, values: Values, rate: float, profile: Path | None = None
+) -> ConsumerRun:
+    """``python -m storage_worker`` as the pipeline runs it (+ its PostgreSQL backend)."""
+    own = prefixed(settings, "storage")
+    topics = await ensure_topics(own)
+    logs = ROOT / ".devstack" / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    service = start_worker("storage_worker", own, logs, LOG_LEVEL="warning")
+
+    async def backend() -> dict[str, int]:
+        return {"postgres": await backend_pid(conn, "storage_worker")}
+
+    try:
+        run = await run_consumer(
+            own, "storage", service.proc, f"{own.kafka_topic_prefix}storage_worker", topics.routed,
+            warmup, values, rate=rate, extra_pids=backend, profile=profile,
+        )  # fmt: skip
+        _check_metrics(service.url)
+        return run
+    finally:
+        service.stop()
+
+
+def prefixed(settings: Settings, what: str) -> Settings:
+    return msgspec.structs.replace(settings, kafka_topic_prefix=f"bench{time.time_ns()}-{what}.")
+
+
+def _check_metrics(url: str) -> None:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     assert "storage_traces_stored_total" in text
+
+
+async def timed(conn: Conn, run: Callable[[], Awaitable[Any]]) -> tuple[float, dict[str, float], Any]:
+    """Seconds and CPU seconds of this process and of ``conn``'s backend while ``run`` runs."""
+    meter = CpuMeter({"bench": SELF, "postgres": conn.info.backend_pid}).start()
+    started = time.perf_counter()
+    result = await run()
+    seconds = time.perf_counter() - started
+    return seconds, meter.stop().used, result
 
 
 async def main() -> None:
@@ -197,20 +226,26 @@ async def main() -> None:
     )
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=None, help="rows per transaction (STORAGE_BATCH_MAX)")
-    parser.add_argument("--no-worker", action="store_true", help="skip the end-to-end worker run")
+    parser.add_argument(
+        "--rate", type=float, default=0, help="records/s produced to the processes (0: unpaced)"
+    )
+    parser.add_argument("--no-worker", action="store_true", help="skip the process runs")
+    parser.add_argument("--profile", action="store_true", help="a py-spy profile of the storage worker")
     args = parser.parse_args()
     load_env_file()
     settings = Settings.from_env()
     size = args.batch or settings.storage_batch_max
     body = trace_body()
     url = libpq_url(settings.database_url)
+    n = args.count
 
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
         tenant = await bench_tenant(admin, settings.key_pepper)
     conn = await psycopg.AsyncConnection.connect(url)
+    processes: dict[str, ConsumerRun] = {}
     try:
         await create_stage(conn)
-        values = routed_values(tenant, args.count, body)
+        values = routed_values(tenant, n, body)
         decoded = decode_records(consumer_record(v, key=k) for k, v in values)
         rows = [p.row for p in decoded.pending]
 
@@ -218,14 +253,23 @@ async def main() -> None:
         await conn.execute("DELETE FROM traces WHERE project_id = %s", (tenant.project_id,))
         await conn.commit()
 
-        base = await plain_copy(conn, rows, size)
-        real, outcomes = await write_path(conn, values, size)
-        assert outcomes == {"stored": args.count}, outcomes
-        replay, replayed = await write_path(conn, values, size)
-        assert replayed == {"duplicate": args.count}, replayed
-        worker = None
+        base, base_cpu, _ = await timed(conn, lambda: plain_copy(conn, rows, size))
+        real, real_cpu, (_, outcomes) = await timed(conn, lambda: write_path(conn, values, size))
+        assert outcomes == {"stored": n}, outcomes
+        replay, replay_cpu, (_, replayed) = await timed(conn, lambda: write_path(conn, values, size))
+        assert replayed == {"duplicate": n}, replayed
         if not args.no_worker:
-            worker = await worker_end_to_end(settings, conn, tenant, routed_values(tenant, args.count, body))
+            warmup = routed_values(tenant, 500, body)
+            fresh = routed_values(tenant, n, body)
+            processes["bare"] = await bare_copy(settings, conn, warmup, fresh, args.rate)
+            processes["storage"] = await worker(
+                settings, conn, routed_values(tenant, 500, body), routed_values(tenant, n, body), args.rate
+            )
+            if args.profile:
+                await worker(
+                    settings, conn, routed_values(tenant, 500, body), routed_values(tenant, n, body),
+                    args.rate, RESULTS / "storage-worker.folded",
+                )  # fmt: skip
     finally:
         await conn.rollback()
         await conn.execute(f"DROP TABLE IF EXISTS {SCRATCH}")
@@ -234,38 +278,54 @@ async def main() -> None:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as admin:
             await registry.delete_project(admin, tenant.project_id)
 
-    n = args.count
-    base_rate, real_rate, replay_rate = n / base, n / real, n / replay
-    print(f"\nstorage benchmark: {n} routed traces, {len(body)} B bodies, {size} rows per transaction, "
-          f"{os.cpu_count()} cores\n")  # fmt: skip
-    print("| path | rows/s | seconds |")
-    print("|---|---|---|")
-    print(f"| plain COPY into a scratch copy of `traces` (baseline) | {base_rate:,.0f} | {base:.2f} |")
+    def ms(cpu: dict[str, float], key: str) -> float:
+        return cpu[key] * 1000 / n
+
+    paced = f"{args.rate:,.0f}/s" if args.rate else "unpaced"
+    print(f"\nstorage benchmark: {n} routed traces, {len(body)} B bodies, {size} rows per transaction "
+          f"in-process; processes fed {paced}; {os.cpu_count()} cores\n")  # fmt: skip
+    print("| path | CPU ms per trace: Python process | its PostgreSQL backend | rows/s |")
+    print("|---|---|---|---|")
     print(
-        f"| write path: decode → collapse → COPY staging → INSERT … ON CONFLICT | {real_rate:,.0f} | {real:.2f} |"
+        f"| plain COPY into a scratch copy of `traces` (in-process baseline) | {ms(base_cpu, 'bench'):.4f} | "
+        f"{ms(base_cpu, 'postgres'):.4f} | {n / base:,.0f} |"
     )
-    print(f"| replay of the same records (all duplicates) | {replay_rate:,.0f} | {replay:.2f} |")
-    if worker is not None:
-        print(f"| `python -m storage_worker`, Kafka → PostgreSQL | {n / worker:,.0f} | {worker:.2f} |")
-    print(f"\nratio write path / plain COPY: {real_rate / base_rate:.2f}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "storage.json").write_text(
-        json.dumps(
-            {
-                "count": n,
-                "body_bytes": len(body),
-                "rows_per_transaction": size,
-                "copy_rate": base_rate,
-                "write_path_rate": real_rate,
-                "replay_rate": replay_rate,
-                "worker_rate": None if worker is None else n / worker,
-                "ratio": real_rate / base_rate,
-            },
-            indent=2,
-        )
-        + "\n"
+    print(
+        f"| write path in-process: decode → collapse → COPY staging → INSERT … ON CONFLICT | "
+        f"{ms(real_cpu, 'bench'):.4f} | {ms(real_cpu, 'postgres'):.4f} | {n / real:,.0f} |"
     )
+    print(f"| replay of the same records (all duplicates) | {ms(replay_cpu, 'bench'):.4f} | "
+          f"{ms(replay_cpu, 'postgres'):.4f} | {n / replay:,.0f} |")  # fmt: skip
+    labels = {"bare": "process: bare consume → COPY → COMMIT → commit (baseline)",
+              "storage": "process: `python -m storage_worker`"}  # fmt: skip
+    for name, run in processes.items():
+        print(f"| {labels[name]} | {run.cpu_ms[name]:.4f} | {run.cpu_ms['postgres']:.4f} | "
+              f"{run.records / run.seconds:,.0f} |")  # fmt: skip
+    copy_ms, write_ms = ms(base_cpu, "bench"), ms(real_cpu, "bench")
+    print(f"\nCPU ratio plain COPY / write path (in-process, Python side): {copy_ms / write_ms:.2f}")
+    summary: dict[str, Any] = {
+        "count": n,
+        "body_bytes": len(body),
+        "rows_per_transaction": size,
+        "rate_produced": args.rate,
+        "copy_rate": n / base,
+        "write_path_rate": n / real,
+        "replay_rate": n / replay,
+        "ratio": (n / real) / (n / base),
+        "copy_cpu_ms": {k: v * 1000 / n for k, v in base_cpu.items()},
+        "write_path_cpu_ms": {k: v * 1000 / n for k, v in real_cpu.items()},
+        "replay_cpu_ms": {k: v * 1000 / n for k, v in replay_cpu.items()},
+        "cpu_ratio_copy_over_write_path": copy_ms / write_ms,
+        "processes": {name: run.row() for name, run in processes.items()},
+    }
+    if "storage" in processes:
+        summary["worker_rate"] = processes["storage"].records / processes["storage"].seconds
+        summary["worker_cpu_ms"] = processes["storage"].cpu_ms["storage"]
+        summary["bare_cpu_ms"] = processes["bare"].cpu_ms["bare"]
+        print(f"CPU ratio storage worker / bare consume → COPY (processes): "
+              f"{summary['worker_cpu_ms'] / summary['bare_cpu_ms']:.2f}")  # fmt: skip
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "storage.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,14 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "fetch_max_bytes": 64 * 1024 * 1024,
 }
 
+# The workers' consumers (router, storage, dead-letter index) wait for a fetch to fill up a little:
+# under load a fetch then carries tens of records per partition instead of a handful, and every
+# per-fetch and per-batch cost (fetch and produce requests, the offset commit, the database round
+# trips of a storage batch) is shared by more traces. bench/router.py measured, at 3,000 traces/s,
+# 0.055 → 0.033 ms of router CPU per trace. The price is latency when traffic is light: a fetch
+# answers after WORKER_FETCH["fetch_max_wait_ms"] at most, once per stage.
+WORKER_FETCH: dict[str, Any] = {"fetch_min_bytes": 256 * 1024, "fetch_max_wait_ms": 50}
+
 # Topic-level settings: a trace body may be up to MAX_BODY_BYTES, plus its envelope.
 TOPIC_CONFIG = {"max.message.bytes": str(16 * 1024 * 1024)}
 

@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from shared.contracts.topics import Topics
 from shared.runtime import process
 from shared.runtime.backoff import Backoff, pause
-from shared.runtime.kafka import ensure_topics, make_consumer, make_producer
+from shared.runtime.kafka import WORKER_FETCH, ensure_topics, make_consumer, make_producer
 from shared.runtime.logging import configure_logging
 from shared.runtime.settings import Settings, libpq_url
 
@@ -218,7 +218,7 @@ async def start_clients(
     if producer is None:
         return None
     consumer = await start_with_retry(
-        lambda: make_consumer(settings, source, group_id=group), "consumer", stop
+        lambda: make_consumer(settings, source, group_id=group, **WORKER_FETCH), "consumer", stop
     )
     if consumer is None:
         await producer.stop()
