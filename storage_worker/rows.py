@@ -26,7 +26,7 @@ import msgspec
 
 from shared.contracts import otlp
 from shared.contracts.dlq import DeadLetter
-from shared.contracts.envelope import RoutedEnvelope, decode_routed
+from shared.contracts.envelope import ENVELOPE_VERSION, BodyShape
 from shared.runtime.kafka import Record
 
 _NULL = msgspec.Raw(b"null")
@@ -116,6 +116,32 @@ class Invalid(msgspec.Struct, frozen=True):
     dead: DeadLetter
 
 
+class _Routed(msgspec.Struct, frozen=True):
+    """The fields of a ``traces.routed`` value (``shared.contracts.envelope.RoutedEnvelope``) that a
+    row is made of; the others (the key's scope, hints, how it was routed) are skipped unparsed.
+    Decoding a UUID or an instant makes a Python object: these are the only ones made per record."""
+
+    trace_id: uuid.UUID
+    received_at: dt.datetime
+    project_id: uuid.UUID
+    key_id: uuid.UUID
+    external_id: str | None
+    shape: BodyShape
+    body: msgspec.Raw
+    routed_platform_id: uuid.UUID
+    v: int = ENVELOPE_VERSION
+
+
+_routed_decoder = msgspec.json.Decoder(_Routed)
+
+
+def _decode_routed(value: bytes) -> _Routed:
+    envelope = _routed_decoder.decode(value)
+    if envelope.v != ENVELOPE_VERSION:
+        raise msgspec.ValidationError(f"unsupported envelope version {envelope.v}")
+    return envelope
+
+
 class _BodyParts(msgspec.Struct):
     """The only parts of the body the storage worker reads; every other field is skipped."""
 
@@ -173,7 +199,7 @@ def decode_record(record: Record) -> Pending | Invalid:
     if record.value is None:
         return _invalid(source, "The record has no value (a tombstone?)")
     try:
-        envelope = decode_routed(record.value)
+        envelope = _decode_routed(record.value)
         body = bytes(envelope.body)
         parts = _body_decoder.decode(body)
         payload = body.decode()  # msgspec does not check UTF-8 inside a Raw value: this does
@@ -191,7 +217,7 @@ def decode_record(record: Record) -> Pending | Invalid:
 
 
 def _row(
-    envelope: RoutedEnvelope,
+    envelope: _Routed,
     payload: str,
     metadata: str | None,
     external_metadata: str | None,
@@ -213,7 +239,7 @@ def _row(
     )
 
 
-def _otlp_row(envelope: RoutedEnvelope, body: bytes, source: Source) -> Pending | Invalid:
+def _otlp_row(envelope: _Routed, body: bytes, source: Source) -> Pending | Invalid:
     try:
         parts = _otlp_decoder.decode(body)
         ids = [_span_id_decoder.decode(span).span_id for span in parts.spans]

@@ -59,7 +59,7 @@ import psycopg
 import structlog
 from psycopg import errors as pg_errors
 
-from shared.db import cancellations
+from storage_worker import batch_sql
 from storage_worker.merge import classify
 from storage_worker.rows import Pending, TraceRow, stored_id
 from storage_worker.sql import (
@@ -67,11 +67,7 @@ from storage_worker.sql import (
     COPY_STAGE,
     CREATE_SPAN_STAGE,
     CREATE_STAGE,
-    INSERT_ALIASES,
     INSERT_BY_ID,
-    LIVE_PLATFORMS,
-    LOCK_DLQ_INDEX_SHARED,
-    RESOLVE_DEAD_LETTERS,
     SPAN_STAGE,
     SPAN_STAGE_TYPES,
     STAGE,
@@ -276,13 +272,20 @@ async def _isolate(conn: psycopg.AsyncConnection[Any], items: Sequence[Pending])
 async def _admit(
     conn: psycopg.AsyncConnection[Any], pending: Sequence[Pending], result: WriteResult
 ) -> list[Pending]:
-    """Inside the write transaction, before anything is written: drop the records a 503 cancelled
-    (``shared.db.cancellations.fence``: holds its lock until commit) and those whose platform no longer
-    exists (the platforms found stay locked against deletion until commit)."""
-    async with conn.cursor() as cur:
-        cancelled = await cancellations.fence(cur, {item.row.id for item in pending})
-        await cur.execute(LIVE_PLATFORMS, (list({item.row.platform_id for item in pending}),))
-        live = {(platform, project) for platform, project in await cur.fetchall()}
+    """Inside the write transaction, after ``batch_sql.LOCKS`` and before anything is written: drop
+    the records a 503 cancelled (the fence of ``shared.db.cancellations``, whose lock is held until
+    commit) and those whose platform no longer exists (the platforms found stay locked against
+    deletion until commit)."""
+    ids = batch_sql.uuid_bytes({item.row.id for item in pending})
+    platforms = batch_sql.uuid_array({item.row.platform_id for item in pending})
+    cur = await conn.execute(batch_sql.ADMIT, {"platforms": platforms, "ids": ids})
+    live: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    cancelled: set[uuid.UUID] = set()
+    for is_live, found, project in await cur.fetchall():
+        if is_live:
+            live.add((found, project))
+        else:
+            cancelled.add(found)
     admitted: list[Pending] = []
     for item in pending:
         if item.row.id in cancelled:
@@ -294,19 +297,21 @@ async def _admit(
     return admitted
 
 
-async def _alias(conn: psycopg.AsyncConnection[Any], rows: Sequence[TraceRow]) -> None:
+async def _alias_and_resolve(conn: psycopg.AsyncConnection[Any], rows: Sequence[TraceRow]) -> int:
+    """Alias every id of a trace with an identity beyond its own id to that trace
+    (``trace_aliases``), and mark the dead-letter index entries of every id resolved: these traces
+    are stored now (a replay of a dead letter); their ids lead to the stored trace (as a row's id
+    or an alias). One statement; returns how many entries were resolved."""
+    if not rows:
+        return 0
+    params: dict[str, Any] = {"ids": batch_sql.uuid_bytes(row.id for row in rows)}
     aliased = [row for row in rows if row.external_id is not None]
     if aliased:
-        columns = zip(*((row.id, *external_identity(row)) for row in aliased), strict=True)
-        await conn.execute(INSERT_ALIASES, tuple(map(list, columns)))
-
-
-async def _resolve(conn: psycopg.AsyncConnection[Any], ids: Sequence[uuid.UUID]) -> int:
-    """Mark the dead-letter index entries of ``ids`` resolved: these traces are stored now (a
-    replay of a dead letter). Their ids lead to the stored trace (as a row's id or an alias)."""
-    if not ids:
-        return 0
-    cur = await conn.execute(RESOLVE_DEAD_LETTERS, (list(ids),))
+        params["alias_ids"] = batch_sql.uuid_bytes(row.id for row in aliased)
+        params["alias_projects"] = batch_sql.uuid_bytes(row.project_id for row in aliased)
+        params["alias_platforms"] = batch_sql.uuid_bytes(row.platform_id for row in aliased)
+        params["alias_externals"] = [row.external_id for row in aliased]
+    cur = await conn.execute(batch_sql.ALIAS_AND_RESOLVE if aliased else batch_sql.RESOLVE, params)
     return max(0, cur.rowcount)
 
 
@@ -317,8 +322,9 @@ async def _write_admitted(
     dead letters, commit."""
     result = WriteResult()
     async with conn.transaction():
-        # First, before any row lock: the dead-letter indexer's lock (sql.LOCK_DLQ_INDEX), shared.
-        await conn.execute(LOCK_DLQ_INDEX_SHARED)
+        # First, before any row lock: the dead-letter indexer's lock (sql.LOCK_DLQ_INDEX), shared,
+        # then the cancellation fence's (batch_sql.LOCKS).
+        await conn.execute(batch_sql.LOCKS)
         plan: Plan = collapse(await _admit(conn, pending, result))
         result.duplicates, result.stale = len(plan.duplicates), len(plan.stale)
         if isolate:
@@ -328,8 +334,7 @@ async def _write_admitted(
         refused = {part.row.id for r in result.rejected for part in r.pending.originals}
         kept = [part.row for item in (*plan.writes, *plan.stale) for part in item.originals]
         kept = [row for row in kept if row.id not in refused]
-        await _alias(conn, kept)
-        result.resolved = await _resolve(conn, [row.id for row in kept])
+        result.resolved = await _alias_and_resolve(conn, kept)
     return result
 
 
