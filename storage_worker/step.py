@@ -95,7 +95,7 @@ class StoreStep:
         self._tracker.note_all(
             (item.row.api_key_id, item.row.received_at)
             for item in decoded.pending
-            if item.row.id not in refused
+            if not refused or item.row.id not in refused
         )
 
     async def _write(self, pending: list[Pending], size: int) -> WriteResult:

@@ -276,8 +276,9 @@ async def _admit(
     the records a 503 cancelled (the fence of ``shared.db.cancellations``, whose lock is held until
     commit) and those whose platform no longer exists (the platforms found stay locked against
     deletion until commit)."""
-    ids = batch_sql.uuid_bytes({item.row.id for item in pending})
-    platforms = batch_sql.uuid_array({item.row.platform_id for item in pending})
+    ids = batch_sql.uuid_bytes([item.row.id for item in pending])  # repeats are harmless to ANY
+    wanted = {(item.row.platform_id, item.row.project_id) for item in pending}
+    platforms = batch_sql.uuid_array({platform for platform, _ in wanted})
     cur = await conn.execute(batch_sql.ADMIT, {"platforms": platforms, "ids": ids})
     live: set[tuple[uuid.UUID, uuid.UUID]] = set()
     cancelled: set[uuid.UUID] = set()
@@ -286,6 +287,8 @@ async def _admit(
             live.add((found, project))
         else:
             cancelled.add(found)
+    if not cancelled and wanted <= live:
+        return list(pending)  # the usual batch: nothing cancelled, every platform alive in its project
     admitted: list[Pending] = []
     for item in pending:
         if item.row.id in cancelled:

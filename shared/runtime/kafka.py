@@ -42,7 +42,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "fetch_max_bytes": 64 * 1024 * 1024,
 }
 
-# The workers' consumers (router, storage, dead-letter index) wait for a fetch to fill up a little:
+# The hot workers' consumers (router, storage) wait for a fetch to fill up a little:
 # under load a fetch then carries tens of records per partition instead of a handful, and every
 # per-fetch and per-batch cost (fetch and produce requests, the offset commit, the database round
 # trips of a storage batch) is shared by more traces. bench/router.py measured, at 3,000 traces/s,

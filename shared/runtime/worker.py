@@ -14,8 +14,8 @@ import contextlib
 import gc
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
@@ -223,7 +223,7 @@ def run_service(name: str, run: Callable[[Settings], Coroutine[Any, Any, None]])
 
 
 async def start_clients(
-    settings: Settings, source: str, group: str, stop: asyncio.Event
+    settings: Settings, source: str, group: str, stop: asyncio.Event, fetch: Mapping[str, Any] = WORKER_FETCH
 ) -> tuple[AIOKafkaProducer, AIOKafkaConsumer] | None:
     """A worker's producer (its outputs) and its consumer of ``source`` in ``group``, each retried
     while Kafka is away; None when stopped first (whatever did start is stopped again)."""
@@ -231,7 +231,7 @@ async def start_clients(
     if producer is None:
         return None
     consumer = await start_with_retry(
-        lambda: make_consumer(settings, source, group_id=group, **WORKER_FETCH), "consumer", stop
+        lambda: make_consumer(settings, source, group_id=group, **fetch), "consumer", stop
     )
     if consumer is None:
         await producer.stop()
@@ -250,6 +250,9 @@ class Stage:
     metrics: CollectorRegistry
     metrics_port: int
     lag: Gauge
+    # Consumer settings of its own: by default the hot stages' fetch tuning (kafka.WORKER_FETCH);
+    # a stage that is mostly idle (the dead-letter index) keeps aiokafka's longer fetch wait.
+    fetch: Mapping[str, Any] = field(default_factory=lambda: WORKER_FETCH)
 
 
 async def consume(
@@ -275,7 +278,7 @@ async def consume(
         if topics is None or (prepare is not None and not await prepare()):
             return
         group = f"{settings.kafka_topic_prefix}{stage.name}_worker"
-        clients = await start_clients(settings, stage.source(topics), group, stop)
+        clients = await start_clients(settings, stage.source(topics), group, stop, stage.fetch)
         if clients is None:
             return
         producer, consumer = clients
