@@ -25,7 +25,7 @@ import msgspec
 
 from shared.contracts.envelope import RawEnvelope, ResolvedBy, encode, routed
 
-_ROUTED_NAMES = (b'"routed_platform_id"', b'"resolved_by"', b'"routed_at"')
+_ROUTED_NAMES = (b'"routed_', b'"resolved_by"')  # "routed_platform_id", "routed_at"; one scan each
 _encoder = msgspec.json.Encoder()
 
 
