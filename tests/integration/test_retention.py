@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
@@ -16,7 +19,7 @@ import pytest
 from ingest_api.endpoints.trace_read import find_receipt, not_found, operator_params
 from shared.contracts.envelope import encode
 from shared.db import retention
-from shared.devstack.pipeline import Tenant, make_tenant
+from shared.devstack.pipeline import Tenant, make_tenant, service_env
 from shared.runtime.settings import Settings, libpq_url
 from storage_worker.database import Database
 from storage_worker.retention import expire_every
@@ -189,3 +192,26 @@ async def test_the_storage_workers_task_expires_and_stops(
     assert await stored_ids(adb, own) == {kept.row.id}
     # Off: returns at once, touching nothing.
     await asyncio.wait_for(expire_every(libpq_url(settings.database_url), 0, asyncio.Event()), 1)
+
+
+def _cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.ops.cli.main", "db", "expire", *args],
+        env={**service_env(settings), "TRACE_RETENTION_DAYS": "0", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_mibo_ingest_db_expire(
+    traces_db: Database, own: Tenant, adb: psycopg.AsyncConnection, settings: Settings
+) -> None:
+    gone, kept = item(own, received_at=NOW - dt.timedelta(days=4000)), item(own, received_at=NOW)
+    assert not (await write_rows(await traces_db.connection(), [gone, kept])).rejected
+    off = await asyncio.to_thread(_cli, settings)
+    assert off.returncode == 1 and "retention is off" in off.stderr
+    done = await asyncio.to_thread(_cli, settings, TRACE_RETENTION_DAYS="3650")  # the setting's value
+    assert done.returncode == 0, done.stderr
+    assert re.match(r"expired \d+ trace\(s\) received over 3650 day\(s\) ago", done.stdout)
+    assert await stored_ids(adb, own) == {kept.row.id}
