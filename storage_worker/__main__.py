@@ -5,6 +5,7 @@ Flow: traces.routed ─getmany→ step.StoreStep (decode → write: admit, colla
       dead letters → dead letters) ─commit→
       traces.dlq ─getmany→ dlq_index.IndexStep (describe → INSERT … ON CONFLICT DO NOTHING) ─commit→
       every LAST_USED_FLUSH_SECONDS: last_used.flush (api_keys.last_used_at)
+      every 10 minutes, when TRACE_RETENTION_DAYS is set: retention.expire_every (old traces deleted)
 The two consume loops are two stages with consumer groups of their own (``<prefix>storage_worker``,
 ``<prefix>dlq_index_worker``) and a database connection each; metrics on one port.
 SIGTERM: the batch in hand of each loop is finished and committed, last-used times are flushed,
@@ -25,6 +26,7 @@ from storage_worker.database import Database
 from storage_worker.dlq_index import IndexStep
 from storage_worker.last_used import LastUsedTracker, final_flush, flush_every
 from storage_worker.metrics import StorageMetrics
+from storage_worker.retention import expire_every
 from storage_worker.step import StoreStep
 from storage_worker.write import create_stage
 
@@ -59,6 +61,7 @@ async def run(settings: Settings) -> None:
     flusher = asyncio.create_task(
         flush_every(tracker, keys_db, settings.last_used_flush_seconds, stop), name="last-used"
     )
+    expirer = asyncio.create_task(expire_every(url, settings.trace_retention_days, stop), name="retention")
     try:
         async with asyncio.TaskGroup() as loops:
             loops.create_task(
@@ -82,6 +85,7 @@ async def run(settings: Settings) -> None:
     finally:
         stop.set()
         await flusher
+        await expirer
         await final_flush(tracker, keys_db)
         await traces_db.close()
         await keys_db.close()

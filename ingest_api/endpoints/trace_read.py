@@ -73,10 +73,11 @@ from aiohttp import web
 from msgspec import Meta
 
 from ingest_api.auth import API_KEY_HEADER, authenticate
-from ingest_api.context import DB_POOL, KEY_REGISTRY
+from ingest_api.context import DB_POOL, KEY_REGISTRY, SETTINGS
 from ingest_api.enqueue import RETRY_AFTER_SECONDS
 from ingest_api.responses import ApiError, Detail, Timestamp, success
 from shared.contracts.times import iso_utc
+from shared.db import retention
 from shared.registry import KeyInfo
 
 log = structlog.get_logger(__name__)
@@ -247,7 +248,12 @@ def dead_lettered(letter: LetterRow, key: KeyInfo | None) -> DeadLetteredTrace:
     )
 
 
-def not_found(trace_id: uuid.UUID) -> ApiError:
+def not_found(trace_id: uuid.UUID, retention_days: int = 0) -> ApiError:
+    """The 404. With ``TRACE_RETENTION_DAYS`` set, an id accepted longer ago than that (its UUIDv7
+    time says when: nothing is read to know it, so nothing leaks) is said to have expired."""
+    why = "it may still be queued"
+    if retention.id_expired(trace_id, dt.datetime.now(dt.UTC), retention_days):
+        why = f"it was accepted over {retention_days} days ago: traces are kept {retention_days} days, so it may have expired"
     return ApiError(
         404,
         "NOT_FOUND",
@@ -255,7 +261,7 @@ def not_found(trace_id: uuid.UUID) -> ApiError:
         [
             Detail(
                 "not_found",
-                f"No stored or dead-lettered trace {trace_id} for this API key (it may still be queued)",
+                f"No stored or dead-lettered trace {trace_id} for this API key ({why})",
                 "id",
                 "path",
             )
@@ -390,7 +396,7 @@ async def get_trace(request: web.Request) -> web.Response:
         return negotiated(request, success(trace_data(found.row), "Trace retrieved"))
     if isinstance(found, LetterRow):
         return negotiated(request, success(dead_lettered(found, key), "Trace dead-lettered"))
-    raise not_found(trace_id)
+    raise not_found(trace_id, app[SETTINGS].trace_retention_days)
 
 
 def _trace_id(value: str) -> uuid.UUID:

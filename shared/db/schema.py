@@ -147,6 +147,8 @@ traces = Table(
     # external id keep two traces. NULL external ids are distinct: such traces are unique by id.
     UniqueConstraint("project_id", "platform_id", "external_id"),
     Index("ix_traces_project_platform_received", "project_id", "platform_id", "received_at"),
+    # A project's newest traces (GET /public/traces) and its oldest (retention): migration 0007.
+    Index("ix_traces_project_received_id", "project_id", "received_at", "id"),
 )
 
 trace_spans = Table(
@@ -181,6 +183,8 @@ trace_aliases = Table(
     ),
     Column("platform_id", UUID(as_uuid=True), nullable=False),
     Column("external_id", Text, nullable=False),
+    # Retention deletes a trace's aliases with it, by identity (migration 0007).
+    Index("ix_trace_aliases_identity", "project_id", "platform_id", "external_id"),
 )
 
 trace_cancellations = Table(

@@ -79,6 +79,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     last_used_flush_seconds: Annotated[
         float, Meta(description="How often the storage worker writes keys' coalesced `last_used_at`.")
     ] = 2.0
+    trace_retention_days: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Days a trace is kept after its last version was received; older ones are deleted "
+            "(with their spans and aliases) by the storage worker, a small batch at a time, every "
+            "10 minutes. 0: kept forever.",
+        ),
+    ] = 0
     registry_refresh_seconds: Annotated[
         float,
         Meta(
