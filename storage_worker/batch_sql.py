@@ -10,11 +10,16 @@ as an array literal (``uuid_array``):
 - ``LOCKS``: first thing in the transaction, in one simple-query message and this order: the
   dead-letter indexer's advisory lock, shared (``sql.LOCK_DLQ_INDEX_SHARED``: why), then the
   cancellation fence's ``SHARE`` lock (``shared.db.cancellations.LOCK``: why);
-- ``ADMIT``: the live platforms among the batch's (locked ``FOR KEY SHARE`` until commit, as
-  ``sql.LIVE_PLATFORMS``) and the cancelled ids among the batch's (``cancellations.CANCELLED``),
-  in one statement, read under those locks;
-- ``ALIAS_AND_RESOLVE``: ``sql.INSERT_ALIASES`` and ``sql.RESOLVE_DEAD_LETTERS`` in one statement
-  (a data-modifying ``WITH``); ``RESOLVE`` alone when the batch has nothing to alias.
+- ``ADMIT``: the live platforms among the batch's and the cancelled ids among the batch's
+  (``cancellations.CANCELLED``), in one statement, read under those locks. The platforms are
+  locked ``FOR KEY SHARE`` until commit: a platform deleted concurrently waits for this
+  transaction; one deleted before it began is not found, and its traces are dead-lettered instead
+  of stored (SPEC §6);
+- ``ALIAS_AND_RESOLVE``: in one statement (a data-modifying ``WITH``), every accepted id of a trace
+  with an identity beyond its own id (each x-request-id version, each OTLP export) goes into
+  ``trace_aliases``, so GET /public/traces/{id} with any id a 202 answered finds the trace; and the
+  batch's entries in the dead-letter index are resolved (a dead-lettered trace stored after all);
+  ``RESOLVE`` alone when the batch has nothing to alias.
 """
 
 from __future__ import annotations

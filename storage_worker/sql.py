@@ -123,21 +123,6 @@ JOIN traces t ON t.project_id = wanted.project_id AND t.platform_id = wanted.pla
              AND t.external_id = wanted.external_id
 """
 
-LIVE_PLATFORMS = "SELECT id, project_id FROM platforms WHERE id = ANY(%s) FOR KEY SHARE"
-# FOR KEY SHARE: a platform deleted concurrently waits for this transaction; one deleted before it
-# began is not found, and its traces are dead-lettered instead of stored (SPEC §6).
-
-INSERT_ALIASES = """
-INSERT INTO trace_aliases (id, project_id, platform_id, external_id)
-SELECT a.id, a.project_id, a.platform_id, a.external_id
-FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::text[]) AS a(id, project_id, platform_id, external_id)
-JOIN projects p ON p.id = a.project_id
-ORDER BY a.id
-ON CONFLICT (id) DO NOTHING
-"""
-# Every accepted id of a trace with an identity beyond its own id (each x-request-id version, each
-# OTLP export) leads to that trace: GET /public/traces/{id} with any id a 202 answered finds it.
-
 # --------------------------------------------------------------------------------------------------
 # The dead-letter index (dlq_index, migration 0006): filled by storage_worker.dlq_index from
 # traces.dlq, resolved by the write transaction when a dead-lettered trace is stored after all.
@@ -151,11 +136,6 @@ LOCK_DLQ_INDEX = f"SELECT pg_advisory_xact_lock({DLQ_INDEX_LOCK})"
 # an entry unresolved forever. Storage takes SHARE first thing in its transaction (many writers
 # at once, no new row lock is held while waiting), the indexer EXCLUSIVE; whoever comes second
 # sees what the first committed.
-
-RESOLVE_DEAD_LETTERS = """
-UPDATE dlq_index SET resolved_at = now()
-WHERE trace_id = ANY(%s) AND resolved_at IS NULL
-"""
 
 _INDEX_TYPES = (
     ("topic", "text"), ("partition", "integer"), ("offset", "bigint"), ("trace_id", "uuid"),
