@@ -96,7 +96,12 @@ async def check_csrf(request: web.Request, session: security.Session) -> None:
     if not security.same_origin(
         request.headers.get("Origin"), request.scheme if not is_secure(request) else "https", request.host
     ):
-        log.warning("cross-origin form refused", path=request.path)
+        log.warning(
+            "cross-origin form refused",
+            path=request.path,
+            origin=request.headers.get("Origin"),
+            host=request.host,
+        )
         raise web.HTTPForbidden(text="This request came from another site, so it was refused.")
     form = await request.post()
     presented = request.headers.get(security.CSRF_HEADER) or form.get(security.CSRF_FIELD)

@@ -33,7 +33,9 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def _form(request: web.Request, *, error: str = "", status: int = 200) -> web.Response:
+def _form(
+    request: web.Request, *, error: str = "", status: int = 200, target: str | None = None
+) -> web.Response:
     token = request.cookies.get(security.SIGNIN_COOKIE) or security.new_token()
     request["signin_csrf"] = token
     response = render(
@@ -41,7 +43,7 @@ def _form(request: web.Request, *, error: str = "", status: int = 200) -> web.Re
         "signin.html",
         {
             "error": error,
-            "next": safe_next(request.query.get("next")),
+            "next": safe_next(target or request.query.get("next")),
             "signed_out": request.query.get("signed_out") == "1",
         },
         status=status,
@@ -68,19 +70,20 @@ async def signin(request: web.Request) -> web.Response:
         response.headers["Retry-After"] = str(math.ceil(wait))
         return response
     form = await request.post()
+    posted_next = form.get("next")
+    target = posted_next if isinstance(posted_next, str) else None
     expected = request.cookies.get(security.SIGNIN_COOKIE, "")
     presented = form.get(security.CSRF_FIELD)
     if not expected or not isinstance(presented, str) or not security.same_secret(presented, expected):
-        return _form(request, error="The sign-in form expired. Please try again.", status=403)
+        return _form(request, error="The sign-in form expired. Please try again.", status=403, target=target)
     token = form.get("token")
     admin_token = request.app[SETTINGS].admin_token
     if not isinstance(token, str) or not security.same_secret(token.strip(), admin_token):
         log.info("sign-in refused", client=request.remote)
-        return _form(request, error="That is not the admin token.", status=401)
+        return _form(request, error="That is not the admin token.", status=401, target=target)
     cookie, _session = request.app[SESSIONS].create()
     log.info("signed in", client=request.remote)
-    target = form.get("next")
-    response = redirect(safe_next(target if isinstance(target, str) else None))
+    response = redirect(safe_next(target))
     set_cookie(response, request, security.COOKIE, cookie, request.app[SETTINGS].console_session_seconds)
     response.del_cookie(security.SIGNIN_COOKIE, path="/")
     return response
