@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import psycopg
+import psycopg_pool
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -32,6 +34,7 @@ SCRAPE_TIMEOUT_SECONDS = 2.0
 # (what the page calls it, the counter labels of reconcile.COUNTERS it adds up)
 RATES = (
     ("accepted", ("ingest accepted",)),
+    ("replayed", ("dlq replays since the router started",)),
     ("routed", ("router routed",)),
     ("dead-lettered", ("router dead-lettered", "storage dead-lettered")),
     ("stored", ("storage stored", "storage replaced")),
@@ -58,8 +61,23 @@ def sum_samples(texts: list[str]) -> dict[str, float]:
     return totals
 
 
+REPLAYED = "dlq replays since the router started"
+ROUTER_STARTED = "router_consumed_created"  # when the router's counters began (Unix seconds)
+
+REPLAYS_SINCE = """
+SELECT count(*) FROM dlq_replays WHERE topic = %s AND replayed_at >= to_timestamp(%s)
+"""
+# `mibo-ingest dlq replay` (and the console's replay) produce to traces.raw behind the ingest API's
+# back: the router counts them, the ingest API does not. dlq_replays records each one.
+
+
 def counters(totals: dict[str, float]) -> dict[str, float]:
     return {label: totals.get(name, 0.0) for label, _stage, name in COUNTERS}
+
+
+def checks_with_replays(values: dict[str, float], replayed: float) -> dict[str, bool]:
+    """reconcile's checks, with the records replayed into traces.raw counted as accepted (pure)."""
+    return counter_checks({**values, "ingest accepted": values["ingest accepted"] + replayed})
 
 
 def rates(samples: list[tuple[float, dict[str, float]]]) -> dict[str, float | None]:
@@ -120,14 +138,21 @@ class PipelineProbe:
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self, pool: psycopg_pool.AsyncConnectionPool) -> Snapshot:
         async with self._lock:
             if self._last is not None and time.time() - self._last.taken_at < CACHE_SECONDS:
                 return self._last
-            self._last = await self._read()
+            self._last = await self._read(pool)
             return self._last
 
-    async def _read(self) -> Snapshot:
+    async def _replays_since(self, pool: psycopg_pool.AsyncConnectionPool, started: float) -> float:
+        topic = Topics.with_prefix(self.settings.kafka_topic_prefix).dlq
+        async with pool.connection(timeout=5) as conn:
+            cur = await conn.execute(REPLAYS_SINCE, (topic, started))
+            row = await cur.fetchone()
+        return float(row[0]) if row else 0.0
+
+    async def _read(self, pool: psycopg_pool.AsyncConnectionPool) -> Snapshot:
         answered: dict[str, bool] = {}
         texts: list[str] = []
         timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_SECONDS)
@@ -142,7 +167,13 @@ class PipelineProbe:
                 except (aiohttp.ClientError, TimeoutError, ValueError):
                     answered[url] = False
         now = time.monotonic()
-        values = counters(sum_samples(texts))
+        totals = sum_samples(texts)
+        values = counters(totals)
+        replayed = 0.0
+        if ROUTER_STARTED in totals:
+            with contextlib.suppress(psycopg.Error, psycopg_pool.PoolTimeout):
+                replayed = await self._replays_since(pool, totals[ROUTER_STARTED])
+        values[REPLAYED] = replayed
         self.samples.append((now, values))
         while len(self.samples) > 2 and self.samples[1][0] < now - RATE_WINDOW_SECONDS:
             self.samples.popleft()
@@ -157,7 +188,7 @@ class PipelineProbe:
             urls=answered,
             counters=values,
             rates=rates(list(self.samples)),
-            checks=counter_checks(values) if answered and all(answered.values()) else None,
+            checks=checks_with_replays(values, replayed) if answered and all(answered.values()) else None,
             stages=stages,
             kafka_error=kafka_error,
         )

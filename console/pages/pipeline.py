@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from console.context import PIPELINE
+from console.context import DB_POOL, PIPELINE
 from console.pipeline import RATES, snapshot_json
 from console.render import render
 
 
 async def page(request: web.Request) -> web.Response:
-    snap = await request.app[PIPELINE].snapshot()
+    snap = await request.app[PIPELINE].snapshot(request.app[DB_POOL])
     return render(
         request,
         "pipeline.html",
@@ -20,7 +20,7 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def data(request: web.Request) -> web.Response:
-    snap = await request.app[PIPELINE].snapshot()
+    snap = await request.app[PIPELINE].snapshot(request.app[DB_POOL])
     return web.json_response(snapshot_json(snap), headers={"Cache-Control": "no-store"})
 
 

@@ -156,7 +156,7 @@ function setupDeadLetterCounts() {
 function setupPipeline() {
   var section = document.getElementById("pipeline");
   if (!section) return;
-  var totals = { "accepted": ["ingest accepted"], "routed": ["router routed"],
+  var totals = { "accepted": ["ingest accepted"], "replayed": ["dlq replays since the router started"], "routed": ["router routed"],
     "dead-lettered": ["router dead-lettered", "storage dead-lettered"], "stored": ["storage stored", "storage replaced"] };
   var apply = function (data) {
     Object.keys(totals).forEach(function (name) {
@@ -178,7 +178,7 @@ function setupPipeline() {
     var verdict = document.getElementById("reconciles");
     verdict.className = data.reconciles ? "ok" : "bad";
     verdict.textContent = data.reconciles === null ? "Unknown: a service's metrics did not answer."
-      : data.reconciles ? "Yes: every accepted trace is routed or dead-lettered, every routed one stored, skipped as a duplicate or dead-lettered."
+      : data.reconciles ? "Yes: every accepted (or replayed) trace is routed or dead-lettered, every routed one stored, skipped as a duplicate or dead-lettered."
       : "Not right now (traces in flight, or a service restarted and its counters began again).";
     var checks = document.getElementById("checks");
     while (checks.firstChild) checks.removeChild(checks.firstChild);

@@ -17,6 +17,7 @@ from playwright.async_api import Locator, Page, expect
 from shared import registry
 from shared.devstack.pipeline import Service
 from shared.runtime.settings import Settings, libpq_url
+from tests.browser.conftest import Console
 
 
 async def reload_until(page: Page, locator: Locator, timeout: float = 30.0) -> None:
@@ -173,3 +174,20 @@ async def test_trace_lookup_unknown_and_recent_traces(
     )
     await expect(page.locator("pre.payload").first).to_contain_text('"i": 2')
     assert platform.id
+
+
+async def test_pipeline_page_shows_rates_lag_and_the_reconciliation(
+    signed_in: Page, console: Console
+) -> None:
+    page = signed_in
+    await page.goto("/pipeline")
+    await expect(page.locator("#services li.ok")).to_have_count(3)  # ingest, router, storage answered
+    # The page polls: after two readings every rate is a number, every lag a count.
+    await expect(page.locator("tr[data-rate='accepted'] td.rate")).to_have_text(
+        re.compile(r"^\d+\.\d$"), timeout=10_000
+    )
+    for stage in ("router", "storage", "dead-letter index"):
+        await expect(page.locator(f"tr[data-stage='{stage}'] td.lag")).to_have_text(re.compile(r"^\d+$"))
+    await expect(page.locator("#checks li")).to_have_count(2)
+    await expect(page.locator("#reconciles")).to_have_text(re.compile(r"^(Yes|Not right now)"))
+    assert (await page.locator("tr[data-rate='accepted'] td.total").inner_text()).isdigit()
