@@ -81,3 +81,20 @@ def test_sign_in_leads_only_to_paths_of_the_console() -> None:
         "javascript:alert(1)",
     ):
         assert safe_next(target) == "/projects"
+
+
+def test_cookies_are_http_only_strict_and_secure_behind_tls() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from console.app_helpers import is_secure, set_cookie
+
+    plain = make_mocked_request("GET", "/")
+    proxied = make_mocked_request("GET", "/", headers={"X-Forwarded-Proto": "https"})
+    assert not is_secure(plain) and is_secure(proxied)
+    for request, secure in ((plain, False), (proxied, True)):
+        response = web.Response()
+        set_cookie(response, request, security.COOKIE, "v", 60)
+        morsel = response.cookies[security.COOKIE]
+        assert morsel["httponly"] and morsel["samesite"] == "Strict" and morsel["path"] == "/"
+        assert morsel["max-age"] == "60" and bool(morsel["secure"]) is secure
