@@ -32,7 +32,9 @@ async def test_sign_in_and_out(page: Page, console: Console) -> None:
     cookies = {c["name"]: c for c in await page.context.cookies()}
     session = cookies["mibo_console"]
     assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/"
-    assert not session["secure"]  # plain HTTP here; behind TLS it is Secure (tests/unit/test_console_security.py)
+    assert not session[
+        "secure"
+    ]  # plain HTTP here; behind TLS it is Secure (tests/unit/test_console_security.py)
 
     await page.goto("/projects")
     await expect(page.get_by_role("heading", name="Projects")).to_be_visible()
