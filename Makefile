@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install tools down status logs lint fmt bench chaos fuzz
+.PHONY: run test install tools down status logs lint fmt bench chaos fuzz screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: tools $(STAMP)
 
 # Java 17 and Maven run the local Kafka broker, kcat reads topics in tests and the runbook,
-# Debian's Chromium runs the browser (CORS) test;
+# Debian's Chromium runs the browser tests (CORS, the console) and the console's screenshots;
 # installed from Debian's packages when a machine lacks them.
 tools:
 	@command -v java >/dev/null && command -v mvn >/dev/null && command -v kcat >/dev/null \
@@ -63,3 +63,8 @@ fmt: install
 fuzz: install
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-600} FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-500} FUZZ_SEED=$${FUZZ_SEED:-random} \
 	  $(BIN)/pytest tests/integration/test_fuzz_openapi.py -s --timeout=0
+
+# The README's console screenshots (docs/console/*.png), from a real run against the local stack.
+screenshots: install
+	$(BIN)/mibo-ingest dev up
+	set -a && . .devstack/env && $(BIN)/python -m console.screenshots

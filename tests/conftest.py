@@ -24,12 +24,12 @@ SERVICE_FIXTURES = {"services", "settings", "db", "adb"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """``tests/integration`` and ``tests/faults`` need the real broker and database: marked
+    """``tests/integration``, ``tests/faults`` and ``tests/browser`` need the real broker and database: marked
     ``integration`` (``pytest -m "not integration"`` runs the pure tests alone, in seconds).
     ``tests/unit`` must stay pure: a unit test that reaches for a service fixture is an error."""
     for item in items:
         kind = Path(str(item.path)).relative_to(HERE).parts[0]
-        if kind in ("integration", "faults"):
+        if kind in ("integration", "faults", "browser"):
             item.add_marker(pytest.mark.integration)
         elif kind == "unit":
             used = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))

@@ -42,11 +42,12 @@ from shared.devstack.kafka_broker import Broker, ensure_jars
 from shared.devstack.listeners import Owner, free_port, port_free
 from shared.devstack.postgres import Postgres
 
-SERVICES = ("ingest_api", "router_worker", "storage_worker")
+SERVICES = ("ingest_api", "router_worker", "storage_worker", "console")
 SERVICE_PORTS = {
     "ingest_api": "ingest",
     "router_worker": "router_metrics",
     "storage_worker": "storage_metrics",
+    "console": "console",
 }
 DEFAULT_PORTS = {
     "kafka": 9092,
@@ -55,12 +56,28 @@ DEFAULT_PORTS = {
     "ingest": 8080,
     "router_metrics": 9101,
     "storage_metrics": 9102,
+    "console": 8090,
 }
 # Variables a service does not read: a change in them is no reason to restart it.
 UNREAD = {
-    "ingest_api": {"ROUTER_METRICS_PORT", "STORAGE_METRICS_PORT"},
-    "router_worker": {"INGEST_HOST", "INGEST_PORT", "INGEST_URL", "STORAGE_METRICS_PORT"},
-    "storage_worker": {"INGEST_HOST", "INGEST_PORT", "INGEST_URL", "ROUTER_METRICS_PORT"},
+    "ingest_api": {"ROUTER_METRICS_PORT", "STORAGE_METRICS_PORT", "CONSOLE_PORT", "CONSOLE_URL"},
+    "router_worker": {
+        "INGEST_HOST",
+        "INGEST_PORT",
+        "INGEST_URL",
+        "STORAGE_METRICS_PORT",
+        "CONSOLE_PORT",
+        "CONSOLE_URL",
+    },
+    "storage_worker": {
+        "INGEST_HOST",
+        "INGEST_PORT",
+        "INGEST_URL",
+        "ROUTER_METRICS_PORT",
+        "CONSOLE_PORT",
+        "CONSOLE_URL",
+    },
+    "console": {"INGEST_HOST", "INGEST_URL"},  # it reads the ports: its Pipeline page scrapes /metrics
 }
 ATTEMPTS = 5  # moves of one port in one `up` before it gives up with a one-line fix
 ROOT_VAR = "MIBO_DEVSTACK_ROOT"  # set in each service's environment: whose process it is
@@ -223,6 +240,8 @@ class Stack:
             "METRICS_HOST": "127.0.0.1",
             "ROUTER_METRICS_PORT": str(self.state.ports["router_metrics"]),
             "STORAGE_METRICS_PORT": str(self.state.ports["storage_metrics"]),
+            "CONSOLE_PORT": str(self.state.ports["console"]),
+            "CONSOLE_URL": f"http://127.0.0.1:{self.state.ports['console']}",
             "ADMIN_TOKEN": self.state.admin_token,
             "KEY_PEPPER": self.state.key_pepper,
         }
@@ -617,6 +636,7 @@ class Stack:
                 "ingest_api": self.ingest_url,
                 "router_worker": f"http://127.0.0.1:{self.state.ports.get('router_metrics')}/metrics",
                 "storage_worker": f"http://127.0.0.1:{self.state.ports.get('storage_metrics')}/metrics",
+                "console": f"http://127.0.0.1:{self.state.ports.get('console')}",
             }[name]
             rows.append((name, self._service_status(name), where))
         return rows

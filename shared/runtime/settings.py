@@ -128,6 +128,33 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             description="Origins whose browser pages may call the public trace routes (CORS), comma-separated: `https://app.example.com,http://localhost:5173`; `*` alone allows every origin. Empty: no CORS headers, and preflights are answered 403. The admin API never answers cross-origin."
         ),
     ] = ""
+    console_host: Annotated[
+        str,
+        Meta(
+            description="Address the operator console (`python -m console`) listens on; `0.0.0.0` to reach it from other machines (put TLS in front)."
+        ),
+    ] = "127.0.0.1"
+    console_port: Annotated[int, Meta(description="Port the operator console listens on.")] = 8090
+    console_session_seconds: Annotated[
+        float,
+        Meta(description="How long a console sign-in lasts; then the operator signs in again."),
+    ] = 28800.0
+    console_signin_attempts_per_minute: Annotated[
+        int,
+        Meta(
+            description="Sign-in attempts the console takes per client address per minute; more are answered 429 with `Retry-After`."
+        ),
+    ] = 10
+    console_stale_key_days: Annotated[
+        int,
+        Meta(description="The console marks an API key stale when it has not been used for this many days."),
+    ] = 30
+    console_metrics_urls: Annotated[
+        str,
+        Meta(
+            description="The services' `/metrics` URLs the console's Pipeline page reads, comma-separated. Empty: the ingest API, router and storage worker on 127.0.0.1 at `INGEST_PORT`, `ROUTER_METRICS_PORT` and `STORAGE_METRICS_PORT`."
+        ),
+    ] = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

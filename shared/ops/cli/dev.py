@@ -25,6 +25,11 @@ def up(args: argparse.Namespace) -> int:
     print()
     print(f"environment written to {stack.env_file}  (load it with: . {stack.env_file})")
     print(f"POST traces to {stack.ingest_url}/public/traces")
+    if not args.no_services:
+        console = stack.service_env()["CONSOLE_URL"]
+        print(
+            f"operator console at {console}: sign in with the admin token ($ADMIN_TOKEN in {stack.env_file})"
+        )
     if stack.demo is not None:
         print()
         print(describe(stack.demo, stack.root, stack.ingest_url))
@@ -100,7 +105,9 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         handler=status
     )
     p = sub.add_parser("logs", help="show (and follow) the components' logs")
-    p.add_argument("component", nargs="*", help="kafka, postgres, ingest_api, router_worker, storage_worker")
+    p.add_argument(
+        "component", nargs="*", help="kafka, postgres, ingest_api, router_worker, storage_worker, console"
+    )
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("-n", "--lines", type=int, default=50)
     p.add_argument(
