@@ -29,6 +29,16 @@ trace is never stored.
   taken records failed is replaced at once (``_record_failed``).
 - The producer starts in the background and retries until the broker answers, so the service
   comes up (and answers 503) even while Kafka is away.
+- **Group commit.** Requests do not produce one by one: their records queue up, and one flush at
+  a time hands them to the producer — the partition of each key computed once by Kafka's own rule
+  (``shared.runtime.partition``), one ready batch per partition (``create_batch``/``send_batch``)
+  — then waits for those batches' acknowledgements; what queued meanwhile is the next flush. An
+  idle service flushes at once (after the current loop iteration: requests parsed together share
+  it); under load each produce request carries everything that arrived during the previous one's
+  round trip. Each request is still answered only after its own records were acknowledged. The
+  deadline is one timer per flush (its oldest request's ``began`` + the produce timeout): it cancels
+  the flush — a record not handed over by then never will be, as when ``producer.send`` is
+  cancelled — and every request of the flush looks at what it has.
 """
 
 from __future__ import annotations
@@ -74,7 +84,6 @@ PROBE_TIMEOUT_SECONDS = 2.0
 CANCEL_TIMEOUT_SECONDS = 3.0
 """Bound on cancelling in PostgreSQL (pool wait included), on top of the produce timeout."""
 STOP_TIMEOUT_SECONDS = 30.0
-LINGER_SECONDS = 0.002
 
 BROKER_UNREACHABLE: tuple[type[KafkaError], ...] = (
     KafkaConnectionError,
@@ -286,7 +295,7 @@ class Enqueuer:
         self._closing = False
         self._queue: list[_Item] = []  # messages waiting for the next flush
         self._flushing: asyncio.Task[None] | None = None
-        self._linger: asyncio.TimerHandle | None = None
+        self._flush_due: asyncio.Handle | None = None
         metrics.watch_kafka(lambda: 1.0 if self.ready else 0.0)
 
     @property
@@ -449,15 +458,17 @@ class Enqueuer:
 
     # -- coalescing ------------------------------------------------------------------------------
     def _coalesce(self, messages: list[tuple[bytes, bytes]], call: _Call) -> None:
-        """Queue ``messages`` for the next flush (started at once when none is under way)."""
+        """Queue ``messages`` for the next flush: after this loop iteration when none is under way,
+        else as soon as the one under way is acknowledged."""
         queue = self._queue
         for index, (key, value) in enumerate(messages):
             queue.append((key, value, call, index))
-        if self._flushing is None and self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._start_flush)
+        if self._flushing is None and self._flush_due is None:
+            # after this loop iteration: every request that arrived in it shares the flush
+            self._flush_due = asyncio.get_running_loop().call_soon(self._start_flush)
 
     def _start_flush(self) -> None:
-        self._linger = None
+        self._flush_due = None
         items, self._queue = self._queue, []
         calls = {id(item[2]): item[2] for item in items}
         flush = _Flush(list(calls.values()))
@@ -476,15 +487,15 @@ class Enqueuer:
         self._flushing = None
         if not task.cancelled() and (error := task.exception()) is not None:
             log.error("produce flush failed", error=repr(error))
-        if self._queue and not self._closing and self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._start_flush)
+        if self._queue and not self._closing and self._flush_due is None:
+            self._start_flush()
 
     async def _flush(self, items: list[_Item]) -> None:
         """Hand ``items`` to the producer as one ready batch per partition (the partition of each
-        key computed here, by Kafka's rule: shared.runtime.partition), each batch submitted with
-        ``send_batch`` once the partition's previous batch left for the broker. Items are marked
-        handed over (their batch's future) or refused (the producer's error) as it goes; when the
-        deadline cancels this task, the rest was never handed over."""
+        key computed here, by Kafka's rule: shared.runtime.partition), then wait for their
+        acknowledgements. Items are marked handed over (their batch's future) or refused (the
+        producer's error) as it goes; when the deadline cancels this task, the rest was never
+        handed over."""
         producer = self._producer
         if producer is None:  # retired meanwhile: nothing handed over, the callers answer 503
             for _, _, call, _ in items:
@@ -498,6 +509,7 @@ class Enqueuer:
             return
         count = len(partitions)
         groups: dict[int, list[_Item]] = {}
+        handed: list[asyncio.Future[Any]] = []
         for item in items:
             groups.setdefault(partitions[partition_for(item[0], count)], []).append(item)
         for partition, group in groups.items():
@@ -522,6 +534,9 @@ class Enqueuer:
                 for _, _, call, index in batch:
                     call.futures[index] = future
                 future.add_done_callback(functools.partial(_delivered, batch))
+                handed.append(future)
+        if handed:  # the next flush starts once these are acknowledged: it takes all that came meanwhile
+            await asyncio.wait(handed)
 
     async def _outcome(
         self, producer: AIOKafkaProducer, messages: list[tuple[bytes, bytes]], call: _Call
