@@ -38,7 +38,8 @@ trace is never stored.
   round trip. Each request is still answered only after its own records were acknowledged. The
   deadline is one timer per flush (its oldest request's ``began`` + the produce timeout): it cancels
   the flush — a record not handed over by then never will be, as when ``producer.send`` is
-  cancelled — and every request of the flush looks at what it has.
+  cancelled — and every request of the flush looks at what it has. A flush waits at most
+  ``GROUP_WAIT_SECONDS`` for its acknowledgements before the next one starts anyway.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ PROBE_TIMEOUT_SECONDS = 2.0
 CANCEL_TIMEOUT_SECONDS = 3.0
 """Bound on cancelling in PostgreSQL (pool wait included), on top of the produce timeout."""
 STOP_TIMEOUT_SECONDS = 30.0
+GROUP_WAIT_SECONDS = 0.05
+"""Longest a flush waits for its acknowledgements before the next one starts anyway: with a
+broker that stopped answering, the records of later requests are still handed over (and, answered
+503, cancelled: the fence covers them) instead of waiting behind the first flush."""
 
 BROKER_UNREACHABLE: tuple[type[KafkaError], ...] = (
     KafkaConnectionError,
@@ -536,7 +541,7 @@ class Enqueuer:
                 future.add_done_callback(functools.partial(_delivered, batch))
                 handed.append(future)
         if handed:  # the next flush starts once these are acknowledged: it takes all that came meanwhile
-            await asyncio.wait(handed)
+            await asyncio.wait(handed, timeout=GROUP_WAIT_SECONDS)
 
     async def _outcome(
         self, producer: AIOKafkaProducer, messages: list[tuple[bytes, bytes]], call: _Call
