@@ -15,12 +15,13 @@ $(STAMP): pyproject.toml
 install: tools $(STAMP)
 
 # Java 17 and Maven run the local Kafka broker, kcat reads topics in tests and the runbook,
-# Debian's Chromium runs the browser tests (CORS, the console) and the console's screenshots;
+# Debian's Chromium runs the browser tests (CORS, the console) and the console's screenshots,
+# wrk is make bench's load generator;
 # installed from Debian's packages when a machine lacks them.
 tools:
 	@command -v java >/dev/null && command -v mvn >/dev/null && command -v kcat >/dev/null \
-	  && command -v chromium >/dev/null || \
-	  { apt-get update -q && apt-get install -y -q openjdk-17-jdk-headless maven kcat chromium; }
+	  && command -v chromium >/dev/null && command -v wrk >/dev/null || \
+	  { apt-get update -q && apt-get install -y -q openjdk-17-jdk-headless maven kcat chromium wrk; }
 
 run: install
 	$(BIN)/mibo-ingest dev up

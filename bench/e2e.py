@@ -1,17 +1,23 @@
-"""End-to-end benchmark: traces through the whole running pipeline against a bare pipeline.
+"""End-to-end benchmark: a sustained load through the whole running pipeline, beside a bare one.
 
-    .venv/bin/python -m bench.e2e [--count 20000] [--batch 100]
+    .venv/bin/python -m bench.e2e [--seconds 60] [--batch 100] [--connections 16] [--workers 1]
 
 Uses the stack of ``.devstack/env``. With a topic prefix and project of its own:
 
-1. baseline, in one process: aiokafka produces the same bodies to a scratch topic, consumes them
-   back and COPYs them into a scratch table, one commit per 500 — the floor any Kafka →
+1. baseline, in one process: aiokafka produces ``--count`` bodies to a scratch topic, consumes
+   them back and COPYs them into a scratch table, one commit per 500 — the floor any Kafka →
    PostgreSQL pipeline pays, with no HTTP, no auth, no routing, no upsert;
-2. the pipeline: ``python -m ingest_api``, ``router_worker`` and ``storage_worker`` as processes;
-   the traces are POSTed to the batch endpoint (``--batch`` per request, 4 in flight) and timed
-   from the first request to the last row stored.
+2. the pipeline: ``python -m ingest_api`` (``--workers`` processes), ``router_worker`` and
+   ``storage_worker`` as processes; wrk (``bench/wrk.py``) posts 1 KB traces for ``--seconds``
+   to the batch endpoint (``--batch`` a request; ``--batch 0``: the single endpoint). Meanwhile:
+   - lag: every 2 s, traces acknowledged (the ingest's ``ingest_traces_accepted_total``) minus
+     rows stored; after the load, the time until every acknowledged trace is stored (drain);
+   - freshness: every 100 ms one more trace is POSTed and ``GET /public/traces/{id}`` polled
+     until it answers 200: the time from its 202 to readable;
+   - CPU seconds of every process (``bench/procstat.py``) over load and drain, per stored trace:
+     ingest, router, storage, and the Kafka broker and PostgreSQL beside them.
 
-Prints both rates, the ratio and each process's peak RSS; writes ``bench/results/e2e.json``.
+Prints the table and writes ``bench/results/e2e.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
 import uuid
 from pathlib import Path
@@ -29,8 +36,10 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.ingest import load_env_file, trace_body
-from shared.devstack.pipeline import Service, make_tenant, start_ingest, start_worker
+from bench.ingest import batch_body, load_env_file, trace_body
+from bench.procstat import CpuMeter, children
+from bench.wrk import WrkResult, run_wrk
+from shared.devstack.pipeline import Service, make_tenant, metric_value, start_ingest, start_worker
 from shared.runtime.kafka import ensure_topics, make_producer
 from shared.runtime.settings import Settings, libpq_url
 
@@ -88,101 +97,224 @@ async def baseline(settings: Settings, body: bytes, count: int) -> float:
     return count / elapsed
 
 
-async def pipeline(
-    settings: Settings, body: bytes, count: int, batch: int, logs: Path
-) -> tuple[float, dict[str, float]]:
+def stack_pids() -> dict[str, int]:
+    """The local stack's Kafka broker and PostgreSQL server (their CPU is part of each trace's)."""
+    found: dict[str, int] = {}
+    kafka = ROOT / ".devstack" / "kafka" / "kafka.pid"
+    postmaster = ROOT / ".devstack" / "postgres" / "data" / "postmaster.pid"
+    if kafka.exists():
+        found["kafka"] = int(kafka.read_text().split()[0])
+    if postmaster.exists():
+        found["postgres"] = int(postmaster.read_text().split()[0])
+    return {name: pid for name, pid in found.items() if Path(f"/proc/{pid}").exists()}
+
+
+def postgres_group(pid: int) -> list[int]:
+    """The postmaster and its backends (each connection is a process of its own)."""
+    return [pid, *children(pid)]
+
+
+async def stored_count(conn: psycopg.AsyncConnection, project_id: uuid.UUID) -> int:
+    cur = await conn.execute("SELECT count(*) FROM traces WHERE project_id = %s", (project_id,))
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def freshness_sampler(
+    url: str, key: str, body: bytes, stop: asyncio.Event, samples: list[float], failures: list[str]
+) -> None:
+    """Every 100 ms one trace: POST, then poll GET /public/traces/{id} until 200 (bounded)."""
+    headers = {"x-api-key": key, "Content-Type": "application/json"}
+
+    async def follow(session: aiohttp.ClientSession) -> None:
+        async with session.post(url + "/public/traces", data=body, headers=headers) as resp:
+            if resp.status != 202:
+                failures.append(f"POST {resp.status}")
+                return
+            trace_id = (await resp.json())["data"]["id"]
+        acked = time.perf_counter()
+        deadline = acked + 30
+        while time.perf_counter() < deadline:
+            async with session.get(url + f"/public/traces/{trace_id}", headers={"x-api-key": key}) as got:
+                await got.read()
+                if got.status == 200:
+                    samples.append(time.perf_counter() - acked)
+                    return
+            await asyncio.sleep(0.01)
+        failures.append(f"{trace_id} not readable within 30 s")
+
+    async with aiohttp.ClientSession() as session:
+        pending: set[asyncio.Task[None]] = set()
+        while not stop.is_set():
+            task = asyncio.create_task(follow(session))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            await asyncio.sleep(0.1)
+        if pending:
+            await asyncio.wait(pending, timeout=35)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def pipeline(settings: Settings, args: argparse.Namespace, logs: Path) -> dict:
     own = msgspec.structs.replace(settings, kafka_topic_prefix=f"bench-e2e-{uuid.uuid4().hex[:6]}.")
     await ensure_topics(own)
     tenant = await make_tenant(own)
     services = {
-        "ingest_api": start_ingest(own, logs, LOG_LEVEL="warning"),
-        "router_worker": start_worker("router_worker", own, logs, LOG_LEVEL="warning"),
-        "storage_worker": start_worker("storage_worker", own, logs, LOG_LEVEL="warning"),
+        "ingest": start_ingest(own, logs, LOG_LEVEL="warning", INGEST_WORKERS=str(args.workers)),
+        "router": start_worker("router_worker", own, logs, LOG_LEVEL="warning"),
+        "storage": start_worker("storage_worker", own, logs, LOG_LEVEL="warning"),
     }
-    item = body[:-1] + b', "externalId": "%s"}'
-    requests = [
-        b'{"traces": [' + b",".join(item % f"e2e-{i + j}".encode() for j in range(batch)) + b"]}"
-        for i in range(0, count, batch)
-    ]
+    key = tenant.keys["n8n"]
+    one = trace_body()
+    per_request = max(1, args.batch)
+    path, data = (
+        ("/public/traces/batch", batch_body(one, args.batch)) if args.batch else ("/public/traces", one)
+    )
+    url = services["ingest"].url
+    pids: dict[str, int | list[int]] = {
+        "ingest": [services["ingest"].proc.pid, *children(services["ingest"].proc.pid)],
+        "router": services["router"].proc.pid,
+        "storage": services["storage"].proc.pid,
+    }
+    for name, pid in stack_pids().items():
+        pids[name] = postgres_group(pid) if name == "postgres" else pid
     try:
-        started = time.perf_counter()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-        for request in requests:
-            queue.put_nowait(request)
-        headers = {"x-api-key": tenant.keys["n8n"], "Content-Type": "application/json"}
-        async with aiohttp.ClientSession() as session:
-
-            async def sender() -> None:
-                while not queue.empty():
-                    data = queue.get_nowait()
-                    async with session.post(
-                        services["ingest_api"].url + "/public/traces/batch", data=data, headers=headers
-                    ) as resp:
-                        assert resp.status == 207, await resp.text()
-
-            await asyncio.gather(*(sender() for _ in range(4)))
+        run_wrk(url + path, data, api_key=key, connections=4, seconds=3)  # warm-up
         async with await psycopg.AsyncConnection.connect(
             libpq_url(own.database_url), autocommit=True
         ) as conn:
-            while True:
-                cur = await conn.execute(
-                    "SELECT count(*) FROM traces WHERE project_id = %s", (tenant.project_id,)
+            deadline = time.monotonic() + 60
+            accepted0 = metric_value(services["ingest"], "ingest_traces_accepted_total")
+            while await stored_count(conn, tenant.project_id) < accepted0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            stored0 = await stored_count(conn, tenant.project_id)
+            meter = CpuMeter(pids).start()
+            started = time.perf_counter()
+            stop = asyncio.Event()
+            fresh: list[float] = []
+            failures: list[str] = []
+            sampler = asyncio.create_task(freshness_sampler(url, key, one, stop, fresh, failures))
+            load = asyncio.create_task(
+                asyncio.to_thread(
+                    run_wrk, url + path, data, api_key=key, connections=args.connections, seconds=args.seconds
                 )
-                row = await cur.fetchone()
-                if row and row[0] >= count:
-                    break
-                await asyncio.sleep(0.05)
-        rate = count / (time.perf_counter() - started)
-        rss = {name: vm_hwm_mib(service) for name, service in services.items()}
-        async with await psycopg.AsyncConnection.connect(
-            libpq_url(own.database_url), autocommit=True
-        ) as conn:
+            )
+            lag: list[tuple[float, float]] = []
+            while not load.done():
+                await asyncio.wait([load], timeout=2)
+                accepted = metric_value(services["ingest"], "ingest_traces_accepted_total") - accepted0
+                lag.append(
+                    (
+                        time.perf_counter() - started,
+                        accepted - (await stored_count(conn, tenant.project_id) - stored0),
+                    )
+                )
+            result: WrkResult = await load
+            load_seconds = time.perf_counter() - started
+            stop.set()
+            await sampler
+            # One ingest process: its counter is exact (wrk does not count requests still in flight
+            # when it stops, which are answered and stored all the same). Several: each has its own
+            # counter, so wrk's count is the figure (a lower bound by the requests in flight).
+            accepted = (
+                metric_value(services["ingest"], "ingest_traces_accepted_total") - accepted0
+                if args.workers == 1
+                else result.ok * per_request + len(fresh) + len(failures)
+            )
+            stored_at_end = await stored_count(conn, tenant.project_id) - stored0
+            drain_deadline = time.monotonic() + 180
+            stored = stored_at_end
+            while stored < accepted and time.monotonic() < drain_deadline:
+                await asyncio.sleep(0.1)
+                stored = await stored_count(conn, tenant.project_id) - stored0
+            total_seconds = time.perf_counter() - started
+            meter.stop()
             await conn.execute("DELETE FROM projects WHERE id = %s", (tenant.project_id,))
-        return rate, rss
+        rss = {name: vm_hwm_mib(service) for name, service in services.items()}
     finally:
         for service in services.values():
             service.stop()
+    cpu = meter.per_item_ms(int(stored))
+    return {
+        "endpoint": path,
+        "traces_per_request": per_request,
+        "connections": args.connections,
+        "workers": args.workers,
+        "load_seconds": load_seconds,
+        "requests": result.requests,
+        "non2xx": result.non2xx,
+        "socket_errors": result.socket_errors,
+        "request_p50_ms": result.p50_ms,
+        "request_p99_ms": result.p99_ms,
+        "accepted": accepted,
+        "accepted_rate": accepted / load_seconds,
+        "stored": stored,
+        "stored_during_load": stored_at_end,
+        "stored_rate": stored / total_seconds,
+        "drain_seconds": total_seconds - load_seconds,
+        "lag_samples": lag,
+        "max_lag": max((v for _, v in lag), default=0.0),
+        "freshness_samples": len(fresh),
+        "freshness_failures": failures[:10],
+        "freshness_p50_s": statistics.median(fresh) if fresh else float("nan"),
+        "freshness_p99_s": percentile(fresh, 0.99),
+        "freshness_max_s": max(fresh, default=float("nan")),
+        "cpu_ms_per_trace": cpu,
+        "peak_rss_mib": rss,
+    }
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--count", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the sustained load")
+    parser.add_argument("--batch", type=int, default=100, help="traces a request (0: the single endpoint)")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="INGEST_WORKERS")
+    parser.add_argument("--count", type=int, default=20_000, help="traces of the bare baseline (0: skip it)")
     args = parser.parse_args()
     load_env_file()
     settings = Settings.from_env()
     body = trace_body()
     logs = ROOT / ".devstack" / "bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    base = await baseline(settings, body, args.count)
-    rate, rss = await pipeline(settings, body, args.count, args.batch, logs)
+    base = await baseline(settings, body, args.count) if args.count else float("nan")
+    run = await pipeline(settings, args, logs)
+    cpu = run["cpu_ms_per_trace"]
     print(
-        f"\nend-to-end benchmark: {args.count} traces of {len(body)} B, batch endpoint ({args.batch} a request)\n"
+        f"\nend to end, sustained: {run['load_seconds']:.0f} s of wrk on {run['endpoint']} "
+        f"({run['traces_per_request']} a request, {args.connections} connections, {args.workers} ingest worker(s))\n"
     )
-    print("| path | traces/s |")
+    print("| what | value |")
     print("|---|---|")
-    print(f"| bare: produce → consume → COPY → commit (baseline) | {base:,.0f} |")
-    print(f"| pipeline: API → Kafka → router → Kafka → storage → PostgreSQL | {rate:,.0f} |")
+    print(f"| bare produce → consume → COPY (baseline) | {base:,.0f} traces/s |")
+    print(f"| acknowledged (202/207) during the load | {run['accepted_rate']:,.0f} traces/s |")
     print(
-        f"\nratio pipeline/bare: {rate / base:.2f}   peak RSS (MiB): "
-        + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
+        f"| stored, load start → last row (drain {run['drain_seconds']:.1f} s) | {run['stored_rate']:,.0f} traces/s |"
     )
+    print(f"| lag (acknowledged - stored), max of 2 s samples | {run['max_lag']:,.0f} traces |")
+    print(
+        f"| freshness 202 → readable, p50 / p99 / max ({run['freshness_samples']} samples) | "
+        f"{run['freshness_p50_s'] * 1000:.0f} / {run['freshness_p99_s'] * 1000:.0f} / {run['freshness_max_s'] * 1000:.0f} ms |"
+    )
+    print(f"| request p50 / p99 | {run['request_p50_ms']:.1f} / {run['request_p99_ms']:.1f} ms |")
+    print("| CPU ms per stored trace | " + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()) + " |")
+    print("| peak RSS MiB | " + ", ".join(f"{k} {v:.0f}" for k, v in run["peak_rss_mib"].items()) + " |")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "e2e.json").write_text(
-        json.dumps(
-            {
-                "count": args.count,
-                "baseline_rate": base,
-                "pipeline_rate": rate,
-                "ratio": rate / base,
-                "peak_rss_mib": rss,
-            },
-            indent=2,
+    (out / "e2e.json").write_text(json.dumps({"baseline_rate": base, "count": args.count, **run}, indent=2))
+    if run["non2xx"] or run["freshness_failures"] or run["stored"] < run["accepted"]:
+        raise SystemExit(
+            f"non-2xx {run['non2xx']}, freshness failures {run['freshness_failures']}, "
+            f"stored {run['stored']} of {run['accepted']} acknowledged"
         )
-    )
 
 
 if __name__ == "__main__":

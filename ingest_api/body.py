@@ -28,7 +28,7 @@ import codecs
 import itertools
 import re
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -135,6 +135,7 @@ class BodyInvalid(Exception):
 
 
 _decoder = msgspec.json.Decoder(TraceBody)
+_Body = TypeVar("_Body", bound=TraceBody)
 _UTF8_CHUNK = 64 * 1024
 # The depth check keeps only brackets (as +1/-1 bytes) and quotes.
 _OPEN, _CLOSE = b"\x01", b"\xff"
@@ -275,10 +276,16 @@ def parse_body(raw: bytes, *, checked: bool = False) -> ParsedBody:
     ``checked``: the caller already ran :func:`check_json` on bytes that contain ``raw`` (a batch
     checks its whole body once). Shape ``otlp`` means "an OTLP JSON request": only recognised, not
     validated; the caller decodes it."""
+    return validate(decode_body(raw, _decoder, checked=checked))
+
+
+def decode_body(raw: bytes, decoder: msgspec.json.Decoder[_Body], *, checked: bool = False) -> _Body:
+    """``raw`` decoded as a ``TraceBody`` (or a struct that extends it: a batch item), or
+    ``BodyInvalid``: invalid JSON or a field of the wrong type."""
     if not checked:
         check_json(raw)
     try:
-        body = _decoder.decode(raw)
+        return decoder.decode(raw)
     except RecursionError:  # not reachable after check_json; a backstop, never a 500
         raise too_deep() from None
     except msgspec.MsgspecError as exc:
@@ -286,6 +293,11 @@ def parse_body(raw: bytes, *, checked: bool = False) -> ParsedBody:
         raise BodyInvalid(
             "Body is not valid JSON" if detail.type == "json_invalid" else "Invalid body", [detail]
         ) from None
+
+
+def validate(body: TraceBody) -> ParsedBody:
+    """What the types cannot say (exactly one shape, no null ``data``, unique span ids, platform
+    ids and hints) checked on a decoded body; its routing inputs."""
     has_spans, has_data = body.spans is not UNSET, body.data is not UNSET
     if body.resourceSpans is not UNSET:
         if has_spans or has_data:

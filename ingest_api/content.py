@@ -138,13 +138,21 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
     reservation = _reservation(request)
     if length is not None:
         reservation.take(length)  # before reading anything: a refusal costs nothing
+    content = request.content
+    if content.is_eof():  # all of it has arrived already (most bodies): no deadline, no waiting
+        whole = content.read_nowait()
+        if len(whole) > limit:
+            raise too_large(limit)
+        if length is None or len(whole) > length:
+            reservation.take(len(whole) - (length or 0))
+        return whole
     # Chunks in a list, joined once: no buffer that grows by reallocation (which can hold the old
     # and the new copy at once), and a single-chunk body is returned without any copy.
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(settings.body_read_timeout_seconds):
-            while chunk := await request.content.read(CHUNK):
+            while chunk := await content.read(CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise too_large(limit)

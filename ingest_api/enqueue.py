@@ -29,6 +29,17 @@ trace is never stored.
   taken records failed is replaced at once (``_record_failed``).
 - The producer starts in the background and retries until the broker answers, so the service
   comes up (and answers 503) even while Kafka is away.
+- **Group commit.** Requests do not produce one by one: their records queue up, and one flush at
+  a time hands them to the producer — the partition of each key computed once by Kafka's own rule
+  (``shared.runtime.partition``), one ready batch per partition (``create_batch``/``send_batch``)
+  — then waits for those batches' acknowledgements; what queued meanwhile is the next flush. An
+  idle service flushes at once (after the current loop iteration: requests parsed together share
+  it); under load each produce request carries everything that arrived during the previous one's
+  round trip. Each request is still answered only after its own records were acknowledged. The
+  deadline is one timer per flush (its oldest request's ``began`` + the produce timeout): it cancels
+  the flush — a record not handed over by then never will be, as when ``producer.send`` is
+  cancelled — and every request of the flush looks at what it has. A flush waits at most
+  ``GROUP_WAIT_SECONDS`` for its acknowledgements before the next one starts anyway.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ from ingest_api.responses import ApiError, Detail
 from shared.db.cancellations import cancel
 from shared.runtime.backoff import Backoff
 from shared.runtime.kafka import make_producer
+from shared.runtime.partition import key_partitioner, partition_for
 from shared.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -73,6 +85,10 @@ PROBE_TIMEOUT_SECONDS = 2.0
 CANCEL_TIMEOUT_SECONDS = 3.0
 """Bound on cancelling in PostgreSQL (pool wait included), on top of the produce timeout."""
 STOP_TIMEOUT_SECONDS = 30.0
+GROUP_WAIT_SECONDS = 0.05
+"""Longest a flush waits for its acknowledgements before the next one starts anyway: with a
+broker that stopped answering, the records of later requests are still handed over (and, answered
+503, cancelled: the fence covers them) instead of waiting behind the first flush."""
 
 BROKER_UNREACHABLE: tuple[type[KafkaError], ...] = (
     KafkaConnectionError,
@@ -202,6 +218,70 @@ async def cancel_unacknowledged(
     return [trace_id in stored for trace_id in ids]
 
 
+class _Flush:
+    """The calls whose messages one flush hands to the producer, and its one deadline: the oldest
+    call's ``began`` plus the produce timeout (a timer per flush, not a timeout per request)."""
+
+    __slots__ = ("calls", "pending", "timer")
+
+    def __init__(self, calls: list[_Call]) -> None:
+        self.calls = calls
+        self.pending = len(calls)
+        self.timer: asyncio.TimerHandle | None = None
+
+    def call_done(self) -> None:
+        self.pending -= 1
+        if self.pending <= 0 and self.timer is not None:
+            self.timer.cancel()
+
+    def expire(self, task: asyncio.Task[None]) -> None:
+        """The deadline: whatever is not handed over yet never will be (the flush is cancelled —
+        like cancelling ``producer.send``), and every caller looks at what it has."""
+        task.cancel()
+        for call in self.calls:
+            call.answer()
+
+
+class _Call:
+    """One ``send_many``: per message, the future of the batch it was handed over in, or the
+    error that refused it; and the one future its caller waits on (set when every message was
+    acknowledged, failed or refused, or at the deadline)."""
+
+    __slots__ = ("began", "flush", "future", "futures", "refused", "remaining")
+
+    def __init__(self, count: int, began: float) -> None:
+        self.began = began
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.futures: list[asyncio.Future[Any] | None] = [None] * count
+        self.refused: list[KafkaError | None] = [None] * count
+        self.remaining = count
+        self.flush: _Flush | None = None
+
+    def settle(self, count: int = 1) -> None:
+        self.remaining -= count
+        if self.remaining <= 0:
+            self.answer()
+
+    def refuse(self, index: int, error: KafkaError) -> None:
+        self.refused[index] = error
+        self.settle()
+
+    def answer(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+            if self.flush is not None:
+                self.flush.call_done()
+
+
+_Item = tuple[bytes, bytes, _Call, int]  # key, value, its call, its index in the call
+
+
+def _delivered(items: list[_Item], _: asyncio.Future[Any]) -> None:
+    """A batch was acknowledged (or failed): its messages are settled."""
+    for item in items:
+        item[2].settle()
+
+
 class Enqueuer:
     def __init__(
         self, settings: Settings, topic: str, metrics: IngestMetrics, pool: AsyncConnectionPool
@@ -218,6 +298,9 @@ class Enqueuer:
         self._abandoned: set[asyncio.Future[Any]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._queue: list[_Item] = []  # messages waiting for the next flush
+        self._flushing: asyncio.Task[None] | None = None
+        self._flush_due: asyncio.Handle | None = None
         metrics.watch_kafka(lambda: 1.0 if self.ready else 0.0)
 
     @property
@@ -241,7 +324,11 @@ class Enqueuer:
         while not self._closing:
             # Requests to a broker that stopped answering (but kept its connection) give up — and
             # reconnect — as soon as the API stops waiting for them.
-            producer = make_producer(self._settings, request_timeout_ms=max(1000, int(self._timeout * 1000)))
+            producer = make_producer(
+                self._settings,
+                request_timeout_ms=max(1000, int(self._timeout * 1000)),
+                partitioner=key_partitioner,
+            )
             try:
                 await producer.start()
             except asyncio.CancelledError:
@@ -274,6 +361,8 @@ class Enqueuer:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS + 5)
+        if self._flushing is not None:  # requests are answered by now; let it hand over the rest
+            await asyncio.wait([self._flushing], timeout=self._timeout)
         producer, self._producer = self._producer, None
         if producer is None:
             return
@@ -365,27 +454,99 @@ class Enqueuer:
             return [reason] * len(messages)
         self._in_flight += 1
         try:
-            return await self._produce(producer, messages)
+            call = _Call(len(messages), time.monotonic())
+            self._coalesce(messages, call)
+            await call.future
+            return await self._outcome(producer, messages, call)
         finally:
             self._in_flight -= 1
 
-    async def _produce(
-        self, producer: AIOKafkaProducer, messages: list[tuple[bytes, bytes]]
-    ) -> list[str | None]:
-        began = time.monotonic()
-        futures: list[asyncio.Future[Any] | None] = [None] * len(messages)
-        refused: list[KafkaError | None] = [None] * len(messages)
+    # -- coalescing ------------------------------------------------------------------------------
+    def _coalesce(self, messages: list[tuple[bytes, bytes]], call: _Call) -> None:
+        """Queue ``messages`` for the next flush: after this loop iteration when none is under way,
+        else as soon as the one under way is acknowledged."""
+        queue = self._queue
+        for index, (key, value) in enumerate(messages):
+            queue.append((key, value, call, index))
+        if self._flushing is None and self._flush_due is None:
+            # after this loop iteration: every request that arrived in it shares the flush
+            self._flush_due = asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_due = None
+        items, self._queue = self._queue, []
+        calls = {id(item[2]): item[2] for item in items}
+        flush = _Flush(list(calls.values()))
+        oldest = min(call.began for call in flush.calls)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._flush(items), name="produce-flush")
+        self._flushing = task
+        flush.timer = loop.call_at(
+            loop.time() + max(0.0, oldest + self._timeout - time.monotonic()), flush.expire, task
+        )
+        for call in flush.calls:
+            call.flush = flush
+        task.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushing = None
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("produce flush failed", error=repr(error))
+        if self._queue and not self._closing and self._flush_due is None:
+            self._start_flush()
+
+    async def _flush(self, items: list[_Item]) -> None:
+        """Hand ``items`` to the producer as one ready batch per partition (the partition of each
+        key computed here, by Kafka's rule: shared.runtime.partition), then wait for their
+        acknowledgements. Items are marked handed over (their batch's future) or refused (the
+        producer's error) as it goes; when the deadline cancels this task, the rest was never
+        handed over."""
+        producer = self._producer
+        if producer is None:  # retired meanwhile: nothing handed over, the callers answer 503
+            for _, _, call, _ in items:
+                call.settle()
+            return
         try:
-            async with asyncio.timeout(self._timeout):
-                for i, (key, value) in enumerate(messages):
-                    try:
-                        futures[i] = await producer.send(self.topic, value, key=key)
-                    except KafkaError as exc:  # never handed to the producer
-                        refused[i] = exc
-                if waiting := [f for f in futures if f is not None]:
-                    await asyncio.wait(waiting)
-        except TimeoutError:
-            pass
+            partitions = sorted(await producer.partitions_for(self.topic))
+        except KafkaError as exc:
+            for _, _, call, index in items:
+                call.refuse(index, exc)
+            return
+        count = len(partitions)
+        groups: dict[int, list[_Item]] = {}
+        handed: list[asyncio.Future[Any]] = []
+        for item in items:
+            groups.setdefault(partitions[partition_for(item[0], count)], []).append(item)
+        for partition, group in groups.items():
+            start = 0
+            while start < len(group):
+                builder = producer.create_batch()
+                end = start
+                while end < len(group):
+                    key, value = group[end][0], group[end][1]
+                    if builder.append(timestamp=None, key=key, value=value) is None:
+                        break  # full (the first record always fits an empty batch)
+                    end += 1
+                batch = group[start:end]
+                start = end
+                builder.close()  # complete: ready to send at once, no linger
+                try:
+                    future = await producer.send_batch(builder, self.topic, partition=partition)
+                except KafkaError as exc:  # never handed over
+                    for _, _, call, index in batch:
+                        call.refuse(index, exc)
+                    continue
+                for _, _, call, index in batch:
+                    call.futures[index] = future
+                future.add_done_callback(functools.partial(_delivered, batch))
+                handed.append(future)
+        if handed:  # the next flush starts once these are acknowledged: it takes all that came meanwhile
+            await asyncio.wait(handed, timeout=GROUP_WAIT_SECONDS)
+
+    async def _outcome(
+        self, producer: AIOKafkaProducer, messages: list[tuple[bytes, bytes]], call: _Call
+    ) -> list[str | None]:
+        began, futures, refused = call.began, call.futures, call.refused
         outcome: list[str | None] = []
         to_cancel: list[int] = []
         broker_failure = False
@@ -413,6 +574,10 @@ class Enqueuer:
                 outcome.append(None)
                 continue
             to_cancel.append(i)
+        if not to_cancel and not broker_failure:  # the common case: every message acknowledged
+            self._metrics.produce_latency.observe(time.monotonic() - began)
+            self._mark_up("ack")
+            return outcome
         if any(o is None for o in outcome):
             self._metrics.produce_latency.observe(time.monotonic() - began)
             self._mark_up("ack")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -88,6 +89,18 @@ class IngestMetrics:
         self.registry_lookups = Gauge(
             "ingest_key_registry_db_lookups", "Database lookups made for unknown keys", registry=self.registry
         )
+
+        self._request_children: dict[tuple[str, int, str], Any] = {}
+
+    def count_request(self, route: str, status: int, code: str) -> None:
+        """One answered request (``requests``); the labelled child is looked up once per label set,
+        not per request (prometheus_client's ``labels()`` takes a lock and builds its key each time)."""
+        child = self._request_children.get((route, status, code))
+        if child is None:
+            child = self._request_children[(route, status, code)] = self.requests.labels(
+                route, str(status), code
+            )
+        child.inc()
 
     def watch_registry(
         self, size: Callable[[], float], age: Callable[[], float], lookups: Callable[[], float]

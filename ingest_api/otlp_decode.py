@@ -149,6 +149,8 @@ def _nanos(value: int | str | None) -> str | None:
     """Unix nanoseconds as a decimal string (Mibo's form); 0 or absent is unset."""
     if value is None:
         return None
+    if type(value) is int and 0 <= value <= _MAX_U64:  # protobuf's fixed64 (and most JSON numbers)
+        return str(value) if value else None
     text = str(value)
     if not _NANOS.match(text) or int(text) > _MAX_U64:
         raise SpanInvalid(f"time {text[:40]!r} is not an unsigned 64-bit integer of nanoseconds")
@@ -167,6 +169,8 @@ def _status(code: int, message: str | None) -> CanonicalStatus | None:
 
 def _pb_value(value: AnyValue, depth: int = 0) -> Any:
     kind = value.WhichOneof("value")
+    if kind == "string_value":  # most attributes
+        return value.string_value
     if kind is None:
         return None
     if kind in ("array_value", "kvlist_value") and depth >= MAX_VALUE_DEPTH:

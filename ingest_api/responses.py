@@ -191,16 +191,24 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     """Every error leaves in the route's format; see the module docstring for the cases."""
     try:
         return await handler(request)
-    except ApiError as err:
-        return _answer(request, err)
-    except web.HTTPException as exc:
+    except Exception as exc:
+        return failure_response(request, exc)
+
+
+def failure_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to a handler's failure ``exc`` (re-raised when it is not one: a redirect)."""
+    if isinstance(exc, ApiError):
+        return _answer(request, exc)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return _answer(request, _from_http_exception(exc))
-    except http_exceptions.HttpProcessingError as exc:  # a body stream aiohttp could not parse
+    if isinstance(exc, http_exceptions.HttpProcessingError):  # a body stream aiohttp could not parse
         message = f"Malformed request body: {exc.message}"
         return _answer(request, ApiError(400, "VALIDATION_ERROR", message, [Detail("malformed", message)]))
-    except ConnectionResetError:  # aiohttp's ClientConnectionResetError ("Connection lost") is one
+    if isinstance(
+        exc, ConnectionResetError
+    ):  # aiohttp's ClientConnectionResetError ("Connection lost") is one
         if not _client_gone(request):
             return _crash(request)
         log.info(
@@ -208,8 +216,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         )
         request[ERROR_CODE] = CLIENT_CLOSED
         return web.Response(status=CLIENT_CLOSED_STATUS, reason="Client Closed Request")
-    except Exception:
-        return _crash(request)
+    return _crash(request)
 
 
 def _crash(request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from router_worker.platforms import PlatformRegistry
 from router_worker.route import Router
 from shared.contracts.topics import Topics
 from shared.runtime.kafka import make_producer, refresh_metadata
+from shared.runtime.partition import key_partitioner
 from shared.runtime.settings import Settings, libpq_url
 
 
@@ -107,7 +108,7 @@ async def redrive(
         enable_auto_commit=False,
         max_partition_fetch_bytes=32 * 1024 * 1024,
     )
-    producer = make_producer(settings)
+    producer = make_producer(settings, partitioner=key_partitioner)
     registry = PlatformRegistry(libpq_url(settings.database_url))
     metrics = RouterMetrics()
     await consumer.start()

@@ -25,6 +25,7 @@ from shared.contracts.envelope import decode_raw
 from shared.contracts.topics import Topics
 from shared.runtime.dlq_reader import DlqEntry, describe, read
 from shared.runtime.kafka import Record, make_producer
+from shared.runtime.partition import key_partitioner
 from shared.runtime.settings import Settings, libpq_url
 
 REPLAYED_FROM = "replayed-from"
@@ -89,7 +90,7 @@ async def execute(settings: Settings, candidates: list[Candidate]) -> int:
     if not todo:
         return 0
     topics = Topics.with_prefix(settings.kafka_topic_prefix)
-    producer = make_producer(settings)
+    producer = make_producer(settings, partitioner=key_partitioner)
     await producer.start()
     try:
         futures = []

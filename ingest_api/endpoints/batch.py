@@ -1,7 +1,8 @@
 """``POST /public/traces/batch``: many traces per request, one result per item (207).
 
-Each item is validated on its own, exactly like a single trace (the same ``parse_body`` on the
-item's own bytes, which travel unchanged as that trace's body); valid items are enqueued together
+Each item is validated on its own, exactly like a single trace (the same decoding and
+``validate`` as ``parse_body``, on the item's own bytes, which travel unchanged as that trace's
+body; its ``externalId`` decoded in the same pass); valid items are enqueued together
 and the answer is sent once every one of them was acknowledged by Kafka — or reported as failed.
 
 The request as a whole is checked once (``check_json``: UTF-8, nesting depth — an item may nest as
@@ -19,7 +20,7 @@ from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 
 from ingest_api.auth import API_KEY_HEADER, authenticate, check_scope, known_platform
-from ingest_api.body import MAX_JSON_DEPTH, BodyInvalid, TraceBody, check_json, parse_body
+from ingest_api.body import MAX_JSON_DEPTH, BodyInvalid, TraceBody, check_json, decode_body, validate
 from ingest_api.content import read_body
 from ingest_api.context import ENQUEUER, KEY_REGISTRY, METRICS, SETTINGS
 from ingest_api.endpoints.traces import EXTERNAL_ID_MAX, EXTERNAL_ID_RULE, valid_external_id
@@ -78,10 +79,6 @@ class BatchBody(msgspec.Struct):
     traces: list[msgspec.Raw]
 
 
-class ItemId(msgspec.Struct):
-    externalId: str | None = None  # wire name, camelCase; checked by _external_id
-
-
 class BatchResult(msgspec.Struct, omit_defaults=True):
     """One item's outcome: ``queued`` (with its trace id), ``rejected`` (invalid, or out of the
     key's scope: ``error`` says why) or ``failed`` (Kafka did not take it: retry that item)."""
@@ -110,7 +107,6 @@ class BatchAnswer(msgspec.Struct):
 
 
 _batch = msgspec.json.Decoder(BatchBody)
-_item_id = msgspec.json.Decoder(ItemId)
 
 
 def _rejected(
@@ -123,15 +119,23 @@ def _rejected(
     return BatchResult(index, status, error=ErrorInfo(code, message, prefixed))
 
 
-def _external_id(raw: bytes) -> str | None:
+class _Item(TraceBody):
+    """A batch item as decoded: its trace body and its external id in one pass (the id's type and
+    rule are checked by ``_external_id``, with the same words as ``x-request-id``'s)."""
+
+    externalId: Any = None
+
+
+_item = msgspec.json.Decoder(_Item)
+
+
+def _external_id(value: Any) -> str | None:
     """The item's ``externalId``: the same rule as ``x-request-id`` (printable ASCII only — a
     trailing newline too is refused)."""
-    try:
-        value = _item_id.decode(raw).externalId
-    except msgspec.ValidationError:
+    if value is not None and not isinstance(value, str):
         raise BodyInvalid(
             "externalId must be a string", [Detail("type_error", EXTERNAL_ID_RULE, "externalId")]
-        ) from None
+        )
     if value is not None and not (valid_external_id(value) and value.isascii() and value.isprintable()):
         raise BodyInvalid("Invalid externalId", [Detail("value_error", EXTERNAL_ID_RULE, "externalId")])
     return value
@@ -173,8 +177,9 @@ async def post_batch(request: web.Request) -> web.Response:
     for index, raw in enumerate(batch.traces):
         item = bytes(raw)
         try:
-            parsed = parse_body(item, checked=True)  # the whole body passed check_json
-            external_id = _external_id(item)
+            decoded = decode_body(item, _item, checked=True)  # the whole body passed check_json
+            parsed = validate(decoded)
+            external_id = _external_id(decoded.externalId)
             if parsed.shape == otlp.SHAPE:
                 message = "OTLP requests (resourceSpans) are not batch items: send them to /v1/traces"
                 raise BodyInvalid(message, [Detail("value_error", message, "resourceSpans")])
@@ -201,16 +206,17 @@ async def post_batch(request: web.Request) -> web.Response:
 
     # Nothing valid: nothing to produce (and no wait on an empty set of acknowledgements).
     outcomes = await app[ENQUEUER].send_many([(k, v) for _, k, v, _ in pending]) if pending else []
-    accepted = 0
+    accepted = accepted_bytes = 0
     for (index, _, _, queued), failure in zip(pending, outcomes, strict=True):
         if failure is None:
             results[index] = queued
             accepted += 1
-            app[METRICS].accepted_bytes.inc(sizes[index])
+            accepted_bytes += sizes[index]
         else:
             error = unavailable(failure)
             results[index] = _rejected(index, error.code, error.message, error.details, "failed")
     app[METRICS].accepted.inc(accepted)
+    app[METRICS].accepted_bytes.inc(accepted_bytes)
     if pending and accepted == 0:
         raise unavailable("Kafka could not take any trace of the batch")
     rejected = len(results) - accepted
