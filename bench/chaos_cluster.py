@@ -273,6 +273,17 @@ async def scenario(name: str, stack: Stack, count: int, rate: float, logs: Path)
     finally:
         await dlq_tap.stop()
         run.stop()
+    c = report.counters
+    routed = c.get("router routed", 0) + c.get("router dead-lettered", 0)
+    outcomes = sum(v for k, v in c.items() if k.startswith("storage ")) - c.get("storage dead-lettered", 0)
+    run.notes["counters: ingest accepted, router routed+dead-lettered, storage outcomes"] = [
+        int(c.get("ingest accepted", 0)),
+        int(routed),
+        int(outcomes + c.get("storage dead-lettered", 0)),
+    ]
+    run.notes["re-deliveries absorbed by storage (outcomes - routed)"] = int(
+        outcomes + c.get("storage dead-lettered", 0) - c.get("router routed", 0)
+    )
     failures = sender.failures_since(fault.ended_at)
     recovered = max([fault.recovered_at, *failures]) - fault.ended_at
     return {

@@ -58,7 +58,40 @@ def lag_gauge(registry: CollectorRegistry, prefix: str) -> Gauge:
     )
 
 
+class ConsumerBroken(Exception):
+    """The consumer's group coordination died: it must be replaced (see ``_poll``)."""
+
+
+def _own_cancellation() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _poll(consumer: AIOKafkaConsumer, max_records: int) -> Batch:
+    """``getmany``. A consumer that stalled past ``max.poll.interval`` leaves its group; when its
+    commit then fails, aiokafka (0.14) can end the consumer's coordination task cancelled, and
+    from then on every ``getmany`` raises CancelledError at once, in a task nobody cancelled (a
+    tight loop, or a consume loop ending quietly). That is ``ConsumerBroken``: ``consume``
+    replaces the consumer. The task's own cancellation still propagates."""
+    try:
+        batch: Batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
+    except asyncio.CancelledError:
+        if _own_cancellation():
+            raise
+        raise ConsumerBroken("the consumer's group coordination ended (cancelled)") from None
+    return batch
+
+
 async def _record_lag(consumer: AIOKafkaConsumer, gauge: Gauge) -> None:
+    try:
+        await _lag(consumer, gauge)
+    except asyncio.CancelledError:
+        if _own_cancellation():
+            raise
+        raise ConsumerBroken("the consumer's position could not be read (cancelled)") from None
+
+
+async def _lag(consumer: AIOKafkaConsumer, gauge: Gauge) -> None:
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)
         if highwater is None:
@@ -78,7 +111,7 @@ async def run_batches(
 ) -> None:
     backoff = Backoff(initial=0.2)
     while not stop.is_set():
-        batch: Batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
+        batch = await _poll(consumer, max_records)
         if not batch:
             if lag is not None:
                 await _record_lag(consumer, lag)
@@ -266,17 +299,36 @@ async def consume(
         if clients is None:
             return
         producer, consumer = clients
+        step = build(producer, topics)
         try:
             log.info("consuming", stage=stage.name, source=stage.source(topics), group=group)
-            await run_batches(
-                consumer,
-                build(producer, topics),
-                stop,
-                max_records=stage.batch_max,
-                lag=stage.lag,
-                name=stage.name,
-            )
+            while not stop.is_set():
+                try:
+                    await run_batches(
+                        consumer, step, stop, max_records=stage.batch_max, lag=stage.lag, name=stage.name
+                    )
+                except ConsumerBroken as exc:
+                    # What it had not committed is re-delivered to whoever holds the partitions next.
+                    log.warning("kafka consumer broken; replacing it", stage=stage.name, error=str(exc))
+                    await _close_quietly(consumer)
+                    fresh = await start_with_retry(
+                        lambda: make_consumer(settings, stage.source(topics), group_id=group),
+                        "consumer",
+                        stop,
+                    )
+                    if fresh is None:
+                        return
+                    consumer = fresh
         finally:
             log.info("stopping: last batch done and committed", stage=stage.name)
             await consumer.stop()
             await producer.stop()
+
+
+async def _close_quietly(consumer: AIOKafkaConsumer) -> None:
+    """Stop a broken consumer, bounded; what it raises on the way is of no interest any more."""
+    try:
+        await asyncio.wait_for(consumer.stop(), 10)
+    except (Exception, asyncio.CancelledError):
+        if _own_cancellation():
+            raise
