@@ -265,3 +265,30 @@ def probe(port: int, timeout: float = 2.0) -> Answer:
     finally:
         quiet.setLevel(level)
     return Answer(True, cluster, f"a Kafka broker with cluster id {cluster}")
+
+
+def registered_brokers(port: int, timeout: float = 3.0) -> int:
+    """How many brokers the broker on 127.0.0.1:``port`` knows as registered (and unfenced): its
+    metadata's broker list. A cluster's broker answers before the others have registered; topics
+    with 3 replicas can be created only once all have (0 when nothing answers)."""
+
+    async def ask() -> int:
+        from aiokafka.conn import create_conn
+        from aiokafka.protocol.metadata import MetadataRequest
+
+        conn = await create_conn("127.0.0.1", port, request_timeout_ms=int(timeout * 1000))
+        try:
+            metadata = await conn.send(MetadataRequest([]))
+        finally:
+            conn.close()
+        return len(metadata.brokers)
+
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(asyncio.wait_for(ask(), timeout))
+    except Exception:
+        return 0
+    finally:
+        quiet.setLevel(level)

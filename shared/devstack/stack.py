@@ -498,6 +498,14 @@ class Stack:
                         f"{_node_name(node)}: pid {pid} did not answer within {timeout:.0f}s; see {node.logfile}"
                     )
                 time.sleep(0.5)
+        first = self.brokers[0]
+        while kafka_broker.registered_brokers(first.port) < len(self.brokers):
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"kafka: not all {len(self.brokers)} brokers registered with the controller within "
+                    f"{timeout:.0f}s; see {self.nodes[0].logfile}"
+                )
+            time.sleep(0.5)
         say(
             f"kafka: {len(self.brokers)} brokers answer on {self.bootstrap} (cluster id {self.nodes[0].cluster_id()})"
         )
