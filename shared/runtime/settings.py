@@ -40,7 +40,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int, Meta(description="Partitions of each topic when the service creates it.")
     ] = 6
     kafka_replication_factor: Annotated[
-        int, Meta(description="Replication factor of each topic when the service creates it.")
+        int,
+        Meta(
+            description="Replication factor of each topic when the service creates it; its `min.insync.replicas` is one less (at least 1), and unclean leader election is off."
+        ),
     ] = 1
     kafka_max_poll_interval_seconds: Annotated[
         float,
