@@ -322,7 +322,16 @@ async def run_all(
 ) -> dict[str, dict[str, Any]]:
     """Bring up the cluster stack in ``root``, run ``names``, print a table per scenario."""
     stack = Stack(root, random_ports=True)
-    await asyncio.to_thread(stack.up, services=False, brokers=3)
+    # The single-broker scenarios loaded .devstack/env: its endpoints are not this cluster's.
+    saved = {k: os.environ.pop(k) for k in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS") if k in os.environ}
+    try:
+        await asyncio.to_thread(stack.up, services=False, brokers=3)
+    finally:
+        os.environ.update(saved)
+    if stack.state.external_kafka or stack.state.external_database_url:
+        raise SystemExit(
+            f"{root} uses an external Kafka or PostgreSQL; `dev --dir {root} down`, remove it, retry"
+        )
     results: dict[str, dict[str, Any]] = {}
     try:
         for name in names:
