@@ -299,7 +299,8 @@ async def consume(
         if clients is None:
             return
         producer, consumer = clients
-        step = build(producer, topics)
+        outputs = Outputs(settings, producer, lambda p: build(p, topics), stop)
+        step = outputs.step
         try:
             log.info("consuming", stage=stage.name, source=stage.source(topics), group=group)
             while not stop.is_set():
@@ -322,7 +323,44 @@ async def consume(
         finally:
             log.info("stopping: last batch done and committed", stage=stage.name)
             await consumer.stop()
-            await producer.stop()
+            await outputs.producer.stop()
+
+
+class Outputs:
+    """A stage's producer and the step built on it; the producer is replaced when a step fails
+    with a Kafka error.
+
+    A record an idempotent producer had taken and then gave up (a batch whose partition had no
+    leader for ``request_timeout_ms``, ``LeaderNotAvailable`` while a broker restarts) leaves a gap
+    in its sequence numbers, after which the broker refuses every later batch of that partition
+    (``OutOfOrderSequenceNumber``) for as long as the producer lives: retrying the batch with it
+    would never succeed (ingest_api.enqueue does the same for its producer). The failed batch is
+    retried with a new producer (a new producer id); what the old one still held is dropped:
+    the batch's records are produced again and storage is idempotent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        build: Callable[[AIOKafkaProducer], Step],
+        stop: asyncio.Event,
+    ) -> None:
+        self._settings, self._build, self._stop = settings, build, stop
+        self.producer = producer
+        self._step = build(producer)
+
+    async def step(self, batch: Batch) -> None:
+        try:
+            await self._step(batch)
+        except KafkaError as exc:
+            log.warning("kafka error in a step; replacing the producer", error=repr(exc))
+            old = self.producer
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 5)
+            fresh = await start_with_retry(lambda: make_producer(self._settings), "producer", self._stop)
+            if fresh is not None:
+                self.producer, self._step = fresh, self._build(fresh)
+            raise
 
 
 async def _close_quietly(consumer: AIOKafkaConsumer) -> None:
