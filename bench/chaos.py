@@ -161,14 +161,15 @@ async def main() -> int:
     unknown = set(args.only.split(",")) - set(every)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(every)}")
-    load_env_file()
+    names = args.only.split(",")
+    if any(n in SCENARIOS for n in names):
+        load_env_file()
     settings = Settings.from_env()
     stack = Stack(ROOT / ".devstack")
     logs = ROOT / ".devstack" / "chaos-logs"
     logs.mkdir(parents=True, exist_ok=True)
     results = {}
     failed = False
-    names = args.only.split(",")
     for name in [n for n in names if n in SCENARIOS]:
         what, report, seconds = await scenario(name, settings, stack, args.count, logs)
         print(f"\n### {name}: {what} ({args.count} traces, {seconds:.0f} s)\n")
