@@ -43,7 +43,8 @@ bench: install
 	$(BIN)/mibo-ingest dev up --no-services
 	$(BIN)/python -m bench.report
 
-# Fault scenarios (kill -9 of each service, PostgreSQL and Kafka restarts), reconciled exactly.
+# Fault scenarios (kill -9 of each service, PostgreSQL and Kafka restarts), reconciled exactly;
+# then four on a three-broker cluster that bench/chaos_cluster.py brings up in .devstack-cluster/.
 chaos: install
 	$(BIN)/mibo-ingest dev up --no-services
 	$(BIN)/python -m bench.chaos

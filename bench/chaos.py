@@ -1,8 +1,11 @@
 """Fault scenarios, each reconciled exactly (``make chaos``).
 
-    .venv/bin/python -m bench.chaos [--count 3000] [--only router,storage,ingest,postgres,kafka]
+    .venv/bin/python -m bench.chaos [--count 3000] [--only router,storage,ingest,postgres,kafka,
+                                                          leader,min-isr,scale,stall]
 
-Runs against the local stack of ``.devstack/`` (``make chaos`` brings it up without services).
+The first five run against the local stack of ``.devstack/`` (``make chaos`` brings it up without
+services); the last four (see ``bench/chaos_cluster.py``) against a three-broker cluster of their
+own in ``.devstack-cluster/``, brought up here and stopped at the end (``--keep-cluster`` keeps it).
 Every scenario gets its own topic prefix, tenant and service processes, sends ``--count`` traces
 (all with external ids, so a retried request is idempotent), injects its fault while traffic
 flows, waits for the pipeline to settle and reconciles: accepted = stored + dead-lettered, zero
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import msgspec
 
+from bench import chaos_cluster
 from bench.ingest import load_env_file
 from shared.devstack import processes
 from shared.devstack.pipeline import Service, TopicTap, make_tenant, start_ingest, start_worker
@@ -149,16 +153,24 @@ async def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--count", type=int, default=3000)
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenario names")
+    every = [*SCENARIOS, *chaos_cluster.SCENARIOS]
+    parser.add_argument("--only", default=",".join(every), help="comma-separated scenario names")
+    parser.add_argument("--keep-cluster", action="store_true", help="leave .devstack-cluster running")
+    parser.add_argument("--rate", type=float, default=150.0, help="requests/s of the cluster scenarios")
     args = parser.parse_args()
-    load_env_file()
+    unknown = set(args.only.split(",")) - set(every)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(every)}")
+    names = args.only.split(",")
+    if any(n in SCENARIOS for n in names):
+        load_env_file()
     settings = Settings.from_env()
     stack = Stack(ROOT / ".devstack")
     logs = ROOT / ".devstack" / "chaos-logs"
     logs.mkdir(parents=True, exist_ok=True)
     results = {}
     failed = False
-    for name in args.only.split(","):
+    for name in [n for n in names if n in SCENARIOS]:
         what, report, seconds = await scenario(name, settings, stack, args.count, logs)
         print(f"\n### {name}: {what} ({args.count} traces, {seconds:.0f} s)\n")
         print(report.table())
@@ -179,6 +191,14 @@ async def main() -> int:
             "counters": report.counters,
             "seconds": seconds,
         }
+    cluster_names = [n for n in names if n in chaos_cluster.SCENARIOS]
+    if cluster_names:
+        cluster_results = await chaos_cluster.run_all(
+            cluster_names, ROOT / ".devstack-cluster", args.count, args.rate, logs, keep=args.keep_cluster
+        )
+        for name, result in cluster_results.items():
+            failed |= not result["exact"]
+            results[name] = result
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "chaos.json").write_text(json.dumps(results, indent=2))

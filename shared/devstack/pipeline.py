@@ -70,6 +70,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
         KAFKA_TOPIC_PREFIX=settings.kafka_topic_prefix,
         KAFKA_TOPIC_PARTITIONS=str(settings.kafka_topic_partitions),
+        KAFKA_REPLICATION_FACTOR=str(settings.kafka_replication_factor),
         ADMIN_TOKEN=settings.admin_token,
         KEY_PEPPER=settings.key_pepper,
         PRODUCE_TIMEOUT_SECONDS=str(settings.produce_timeout_seconds),

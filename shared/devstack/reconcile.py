@@ -92,6 +92,28 @@ class Sender:
     retries_503: int = 0
     retries_lost: int = 0
     refused: list[str] = field(default_factory=list)
+    rate: float = 0.0  # most requests a second (0: as fast as the answers come), to keep load going
+    # (monotonic time, HTTP status; 0 for a lost connection) of every answer: when 503s came and went
+    answers: list[tuple[float, int]] = field(default_factory=list)
+    _next_start: float = 0.0
+
+    async def _paced(self) -> None:
+        if self.rate <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        start = max(loop.time(), self._next_start)
+        self._next_start = start + 1 / self.rate
+        await asyncio.sleep(start - loop.time())
+
+    def sent(self) -> int:
+        return len(self.answers)
+
+    def count(self, status: int) -> int:
+        return sum(1 for _, s in self.answers if s == status)
+
+    def failures_since(self, since: float) -> list[float]:
+        """When answers other than 202 (503s, lost connections) came, from ``since`` on."""
+        return [t for t, status in self.answers if t >= since and status != 202]
 
     async def _one(self, session: aiohttp.ClientSession, send: Send) -> None:
         headers = {"x-api-key": self.tenant.keys[send.key], "Content-Type": "application/json"}
@@ -102,9 +124,11 @@ class Sender:
         while True:
             url = self.urls[(send.index + send.attempts) % len(self.urls)] + "/public/traces"
             send.attempts += 1
+            await self._paced()
             try:
                 async with session.post(url, data=data, headers=headers) as resp:
                     answer = await resp.json(content_type=None)
+                    self.answers.append((asyncio.get_running_loop().time(), resp.status))
                     if resp.status == 202:
                         send.trace_id = answer["data"]["id"]
                         return
@@ -117,6 +141,7 @@ class Sender:
                     self.refused.append(f"send {send.index}: HTTP {resp.status} {answer}")
                     return
             except (aiohttp.ClientError, TimeoutError):
+                self.answers.append((asyncio.get_running_loop().time(), 0))
                 self.retries_lost += 1
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)

@@ -65,6 +65,7 @@ UNREAD = {
         "INGEST_HOST",
         "INGEST_PORT",
         "INGEST_URL",
+        "INGEST_WORKERS",
         "STORAGE_METRICS_PORT",
         "CONSOLE_PORT",
         "CONSOLE_URL",
@@ -73,12 +74,18 @@ UNREAD = {
         "INGEST_HOST",
         "INGEST_PORT",
         "INGEST_URL",
+        "INGEST_WORKERS",
         "ROUTER_METRICS_PORT",
         "CONSOLE_PORT",
         "CONSOLE_URL",
     },
-    "console": {"INGEST_HOST", "INGEST_URL"},  # it reads the ports: its Pipeline page scrapes /metrics
+    # it reads the ports: its Pipeline page scrapes /metrics
+    "console": {"INGEST_HOST", "INGEST_URL", "INGEST_WORKERS"},
 }
+# Stages that may run several processes in one consumer group (`dev up --routers N
+# --storage-workers M`): the first is `router_worker`, the others `router_worker-2`, ... each
+# with a metrics port of its own (`router_metrics_2`, ...) in the variable named here.
+SCALABLE = {"router_worker": "ROUTER_METRICS_PORT", "storage_worker": "STORAGE_METRICS_PORT"}
 ATTEMPTS = 5  # moves of one port in one `up` before it gives up with a one-line fix
 ROOT_VAR = "MIBO_DEVSTACK_ROOT"  # set in each service's environment: whose process it is
 UP_STATES = ("up (pid", "external", "not built", "not started")  # status rows that are not a problem
@@ -106,6 +113,9 @@ class State:
     external_kafka: str = ""  # set when KAFKA_BOOTSTRAP_SERVERS came from the environment
     topic_prefix: str = ""
     services: bool = True  # whether the services belong to the stack (not after `up --no-services`)
+    brokers: int = 1  # 1: one combined broker+controller; more: a cluster (shared.devstack.kafka_broker)
+    workers: dict[str, int] = field(default_factory=dict)  # processes per SCALABLE stage (default 1)
+    ingest_workers: int = 1  # INGEST_WORKERS of the ingest service
 
 
 class Stack:
@@ -161,6 +171,11 @@ class Stack:
             taken = set(self.state.ports.values())
             use_default = not self.random_ports and default not in taken and port_free(default)
             self.state.ports[name] = default if use_default else free_port(avoid=taken)
+        extra = [f"kafka_{i}" for i in range(2, self.state.brokers + 1)]
+        extra += [f"{SERVICE_PORTS[name]}_{i}" for name in SCALABLE for i in range(2, self._count(name) + 1)]
+        for name in extra:
+            if name not in self.state.ports:
+                self.state.ports[name] = free_port(avoid=set(self.state.ports.values()))
 
     def _move(self, name: str, say: Say, occupant: str | None = None) -> None:
         """Give up port ``name`` (held by ``occupant``) for a new free one and save the choice;
@@ -218,12 +233,49 @@ class Stack:
         )
 
     @property
+    def nodes(self) -> list[Broker]:
+        """Every Kafka process of this stack: the broker, or a cluster's controller and brokers."""
+        if self.state.brokers <= 1:
+            return [self.broker]
+        ports = [self.state.ports["kafka"]] + [
+            self.state.ports[f"kafka_{i}"] for i in range(2, self.state.brokers + 1)
+        ]
+        jars = self.cache_dir / f"kafka-{_version()}"
+        return kafka_broker.cluster(
+            self.root / "kafka-cluster", jars, ports, self.state.ports["kafka_controller"]
+        )
+
+    @property
+    def brokers(self) -> list[Broker]:
+        """The nodes clients talk to (a cluster's controller only speaks to brokers)."""
+        return [node for node in self.nodes if node.roles != "controller"]
+
+    def _count(self, service: str) -> int:
+        return max(1, self.state.workers.get(service, 1))
+
+    def instances(self) -> list[str]:
+        """Every service process the stack runs: ``router_worker``, ``router_worker-2``, ..."""
+        names = []
+        for name in SERVICES:
+            count = self._count(name) if name in SCALABLE else 1
+            names += [name] + [f"{name}-{i}" for i in range(2, count + 1)]
+        return names
+
+    def instance_env(self, instance: str) -> dict[str, str]:
+        """What one service process gets: the stack's variables, with its own metrics port."""
+        env = self.service_env()
+        module = _module(instance)
+        if module in SCALABLE:
+            env[SCALABLE[module]] = str(self.state.ports[_port_key(instance)])
+        return env
+
+    @property
     def database_url(self) -> str:
         return self.state.external_database_url or self.postgres.url
 
     @property
     def bootstrap(self) -> str:
-        return self.state.external_kafka or self.broker.bootstrap
+        return self.state.external_kafka or ",".join(b.bootstrap for b in self.brokers)
 
     @property
     def ingest_url(self) -> str:
@@ -234,6 +286,8 @@ class Stack:
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "KAFKA_TOPIC_PREFIX": self.state.topic_prefix,
+            "KAFKA_REPLICATION_FACTOR": str(min(3, self.state.brokers)),
+            "INGEST_WORKERS": str(self.state.ingest_workers),
             "INGEST_HOST": "127.0.0.1",
             "INGEST_PORT": str(self.state.ports["ingest"]),
             "INGEST_URL": self.ingest_url,
@@ -247,8 +301,19 @@ class Stack:
         }
 
     # -- up ------------------------------------------------------------------------------------
-    def up(self, *, services: bool = True, log: bool = True, demo: DemoMode = "off") -> dict[str, str]:
-        """Start what is not running and wait until it answers; write ``env``. ``demo`` (with
+    def up(
+        self,
+        *,
+        services: bool = True,
+        log: bool = True,
+        demo: DemoMode = "off",
+        brokers: int | None = None,
+        workers: dict[str, int] | None = None,
+        ingest_workers: int | None = None,
+    ) -> dict[str, str]:
+        """Start what is not running and wait until it answers; write ``env``. ``brokers``: one
+        broker (1) or a cluster; ``workers``: processes per SCALABLE stage, ``ingest_workers``:
+        INGEST_WORKERS — each saved, later ``up`` keep them unless given again. ``demo`` (with
         ``services``): ``auto`` makes the demo tenant on the stack's own PostgreSQL (not on a
         ``DATABASE_URL`` from the environment), ``on`` wherever the database is; what was found or
         made is in ``self.demo`` (see shared.devstack.demo)."""
@@ -256,22 +321,29 @@ class Stack:
         self._moves = {}
         self.demo = None
         with self._locked(say):
+            self._scale(say, brokers, workers, ingest_workers)
             self._assign_ports()
             self.state.admin_token = self.state.admin_token or secrets.token_urlsafe(24)
             self.state.key_pepper = self.state.key_pepper or secrets.token_urlsafe(32)
             self._take_external_endpoints(say)
-            self.state.services = services or any(self._service_pid(n) for n in SERVICES)
+            self.state.services = services or any(self._service_pid(n) for n in self.instances())
             self._save_state()
 
             kafka_started = None
+            cluster_started: list[tuple[Broker, int]] = []
             if not self.state.external_kafka:
                 say("kafka: fetching broker jars (cached after the first time)")
                 ensure_jars(self.cache_dir)
-                kafka_started = self._start_kafka(say)
+                if self.state.brokers > 1:
+                    cluster_started = self._start_cluster(say)
+                else:
+                    kafka_started = self._start_kafka(say)
             if not self.state.external_database_url:
                 self._ensure_postgres(say)
             if kafka_started:
                 self._ensure_kafka(say, kafka_started)
+            if cluster_started:
+                self._await_cluster(say, cluster_started)
             self._wait_external(say)
 
             from shared.db.migrate import upgrade
@@ -305,7 +377,7 @@ class Stack:
         if env_db and env_db not in own_db:
             self.state.external_database_url = env_db
         env_kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
-        own_kafka = {self.broker.bootstrap} | (
+        own_kafka = {",".join(b.bootstrap for b in self.brokers)} | (
             set() if self.state.external_kafka else {previous.get("KAFKA_BOOTSTRAP_SERVERS")}
         )
         if env_kafka and env_kafka not in own_kafka:
@@ -379,6 +451,85 @@ class Stack:
         raise SystemExit(
             f"kafka: pid {pid} did not answer on {broker.bootstrap} within {timeout:.0f}s; "
             f"see {broker.logfile}, then `mibo-ingest dev down && mibo-ingest dev up`"
+        )
+
+    def _scale(
+        self, say: Say, brokers: int | None, workers: dict[str, int] | None, ingest_workers: int | None
+    ) -> None:
+        """Take the sizes asked for (saved in state.json). The number of brokers changes only on a
+        stopped stack: a single broker and a cluster keep their data apart, and topics do not move."""
+        if brokers is not None and brokers != self.state.brokers:
+            if brokers < 1:
+                raise SystemExit("--brokers must be at least 1")
+            if self.state.ports and any(node.running() for node in self.nodes):
+                raise SystemExit(
+                    f"kafka: this stack runs {self.state.brokers} broker(s); "
+                    f"`mibo-ingest dev down` first, then `dev up --brokers {brokers}`"
+                )
+            say(f"kafka: {brokers} broker(s) from now on" + (" (a cluster)" if brokers > 1 else ""))
+            self.state.brokers = brokers
+        for name, count in (workers or {}).items():
+            if count < 1:
+                raise SystemExit(f"{name}: at least one process")
+            self.state.workers[name] = count
+        if ingest_workers is not None:
+            if ingest_workers < 1:
+                raise SystemExit("--ingest-workers must be at least 1")
+            self.state.ingest_workers = ingest_workers
+
+    def _start_cluster(self, say: Say) -> list[tuple[Broker, int]]:
+        """Start the cluster's nodes that are not running, all formatted with one cluster id;
+        (node, where its log was at the start) of those started."""
+        nodes = self.nodes
+        cluster_id = (
+            next((c for c in (n.cluster_id() for n in nodes) if c), None) or kafka_broker.new_cluster_id()
+        )
+        started = []
+        for node in nodes:
+            name = _node_name(node)
+            if pid := node.running():
+                say(f"{name}: already running, pid {pid}")
+                continue
+            key = _node_port_key(node)
+            if not port_free(self.state.ports[key]):
+                self._move(key, say, self._occupant(key))
+                return self._start_cluster(say)  # ports changed: every node's properties too
+            offset = processes.log_size(node.logfile)
+            pid = node.start(cluster_id)
+            say(
+                f"{name}: pid {pid} on 127.0.0.1:{node.port if node.roles == 'broker' else node.controller_port}"
+            )
+            started.append((node, offset))
+        return started
+
+    def _await_cluster(self, say: Say, started: list[tuple[Broker, int]], timeout: float = 120.0) -> None:
+        """Wait until every broker answers with the cluster's id."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            while True:
+                pid = node.running()
+                if pid is None:
+                    raise SystemExit(
+                        f"{_tail(node.logfile)}\n{_node_name(node)}: exited at start "
+                        f"({_last_error(node.logfile)}); see {node.logfile}"
+                    )
+                if node.roles == "controller" or kafka_broker.probe(node.port).identity == node.cluster_id():
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"{_node_name(node)}: pid {pid} did not answer within {timeout:.0f}s; see {node.logfile}"
+                    )
+                time.sleep(0.5)
+        first = self.brokers[0]
+        while kafka_broker.registered_brokers(first.port) < len(self.brokers):
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"kafka: not all {len(self.brokers)} brokers registered with the controller within "
+                    f"{timeout:.0f}s; see {self.nodes[0].logfile}"
+                )
+            time.sleep(0.5)
+        say(
+            f"kafka: {len(self.brokers)} brokers answer on {self.bootstrap} (cluster id {self.nodes[0].cluster_id()})"
         )
 
     # PostgreSQL ---------------------------------------------------------------------------------
@@ -468,7 +619,7 @@ class Stack:
     def _service_pid(self, name: str) -> int | None:
         """The pid of this stack's ``name`` (not a reused pid, not another stack's process)."""
         pidfile = self.root / "services" / f"{name}.pid"
-        pid = processes.running(pidfile, expect=f"-m {name}")
+        pid = processes.running(pidfile, expect=f"-m {_module(name)}")
         env = listeners.environ(pid) if pid else None
         if env is not None and env.get(ROOT_VAR, str(self.root)) != str(self.root):
             return None  # another stack's service (started with its own root)
@@ -480,11 +631,22 @@ class Stack:
         env = listeners.environ(pid)
         if env is None:
             return []
-        return [k for k, v in self.service_env().items() if k not in UNREAD[name] and env.get(k) != v]
+        unread = UNREAD[_module(name)]
+        return [k for k, v in self.instance_env(name).items() if k not in unread and env.get(k) != v]
+
+    def _surplus(self) -> list[str]:
+        """Instances of a scaled-down stage that still run (``router_worker-3`` after ``--routers 2``)."""
+        wanted = set(self.instances())
+        found = {p.stem for name in SCALABLE for p in (self.root / "services").glob(f"{name}-*.pid")}
+        return sorted(found - wanted)
 
     def start_services(self, say: Say) -> None:
-        for name in SERVICES:
-            if not service_exists(name):
+        for name in self._surplus():
+            if pid := self._service_pid(name):
+                processes.stop(pid)
+                say(f"{name}: stopped (pid {pid}), no longer wanted")
+        for name in self.instances():
+            if not service_exists(_module(name)):
                 say(f"{name}: not built yet, skipped")
                 continue
             self._ensure_service(name, say)
@@ -492,7 +654,7 @@ class Stack:
             self._wait_http(f"{self.ingest_url}/healthz", say)
 
     def _ensure_service(self, name: str, say: Say) -> None:
-        key = SERVICE_PORTS[name]
+        key = _port_key(name)
         pidfile, logfile = self._service_paths(name)
         while True:
             port = self.state.ports[key]
@@ -513,9 +675,10 @@ class Stack:
             if not port_free(port):
                 self._move(key, say, self._occupant(key))
             inherited = {k: v for k, v in os.environ.items() if k != "MIBO_API_KEY"}  # from a sourced env
-            env = inherited | self.service_env() | {"LOG_FORMAT": "json", ROOT_VAR: str(self.root)}
+            env = inherited | self.instance_env(name) | {"LOG_FORMAT": "json", ROOT_VAR: str(self.root)}
             offset = processes.log_size(logfile)
-            pid = processes.start([sys.executable, "-m", name], pidfile=pidfile, logfile=logfile, env=env)
+            argv = [sys.executable, "-m", _module(name)]
+            pid = processes.start(argv, pidfile=pidfile, logfile=logfile, env=env)
             owner = self._await_listener(pid, self.state.ports[key], timeout=30)
             if owner in (Owner.OURS, Owner.UNKNOWN):
                 say(f"{name}: pid {pid} on port {self.state.ports[key]}, log {logfile}")
@@ -603,7 +766,7 @@ class Stack:
             if not self.state.ports:
                 say("nothing to stop")
                 return
-            for name in SERVICES:
+            for name in self.instances() + self._surplus():
                 if pid := self._service_pid(name):
                     processes.stop(pid)
                     say(f"{name}: stopped (pid {pid})")
@@ -612,9 +775,11 @@ class Stack:
                 if self.postgres.pid():
                     processes.stop(pid, timeout=5)
                 say(f"postgres: stopped (pid {pid})")
-            if not self.state.external_kafka and (pid := self.broker.running()):
-                processes.stop(pid, timeout=30)
-                say(f"kafka: stopped (pid {pid})")
+            if not self.state.external_kafka:
+                for node in reversed(self.nodes):  # brokers first, the controller last
+                    if pid := node.running():
+                        processes.stop(pid, timeout=30)
+                        say(f"{_node_name(node)}: stopped (pid {pid})")
             self.state.services = False
             self._save_state()
 
@@ -625,19 +790,27 @@ class Stack:
             return [("stack", "not created", str(self.root))]
         if self.state.external_kafka:
             rows.append(("kafka", "external", self.state.external_kafka))
+        elif self.state.brokers > 1:
+            for node in self.nodes:
+                where = (
+                    f"127.0.0.1:{node.controller_port} (controller)"
+                    if node.roles == "controller"
+                    else node.bootstrap
+                )
+                rows.append((_node_name(node), self._node_status(node), where))
         else:
             rows.append(("kafka", self._kafka_status(), self.broker.bootstrap))
         if self.state.external_database_url:
             rows.append(("postgres", "external", _hide_password(self.state.external_database_url)))
         else:
             rows.append(("postgres", self._postgres_status(), self.postgres.url))
-        for name in SERVICES:
+        for name in self.instances():
             where = {
                 "ingest_api": self.ingest_url,
-                "router_worker": f"http://127.0.0.1:{self.state.ports.get('router_metrics')}/metrics",
-                "storage_worker": f"http://127.0.0.1:{self.state.ports.get('storage_metrics')}/metrics",
+                "router_worker": f"http://127.0.0.1:{self.state.ports.get(_port_key(name))}/metrics",
+                "storage_worker": f"http://127.0.0.1:{self.state.ports.get(_port_key(name))}/metrics",
                 "console": f"http://127.0.0.1:{self.state.ports.get('console')}",
-            }[name]
+            }[_module(name)]
             rows.append((name, self._service_status(name), where))
         return rows
 
@@ -657,6 +830,37 @@ class Stack:
             return f"not answering (pid {pid}); port {broker.port} answers as cluster {answer.identity}"
         return f"not answering (pid {pid})"
 
+    def _node_status(self, node: Broker) -> str:
+        if not (pid := node.running()):
+            return "down"
+        if node.roles == "controller":
+            return f"up (pid {pid})"
+        answer = kafka_broker.probe(node.port)
+        if answer.identity and answer.identity == node.cluster_id():
+            return f"up (pid {pid})"
+        return f"not answering (pid {pid})"
+
+    def assignments(self, timeout: float = 10.0) -> dict[str, list[str]]:
+        """Each consuming service process and the partitions its consumer holds now, by group:
+        ``{"router_worker (pid 123)": ["traces.raw: 0,1,2"], ...}``, from the groups'
+        descriptions (describe_consumer_groups; a consumer's client id ends with its pid)."""
+        from shared.runtime.kafka import describe_groups
+
+        prefix = self.state.topic_prefix
+        groups = [f"{prefix}{stage}" for stage in ("router_worker", "storage_worker", "dlq_index_worker")]
+        members = asyncio.run(describe_groups(self.bootstrap, groups, timeout))
+        pids = {self._service_pid(name): name for name in self.instances()}
+        held: dict[str, list[str]] = {}
+        for group, client_id, partitions in members:
+            pid_text = client_id.rpartition("-")[2]
+            pid = int(pid_text) if pid_text.isdigit() else None
+            who = f"{pids.get(pid, 'process')} (pid {pid})" if pid else client_id
+            where = "; ".join(
+                f"{topic}: {','.join(map(str, sorted(p)))}" for topic, p in sorted(partitions.items())
+            )
+            held.setdefault(who, []).append(f"{group.removeprefix(prefix)} → {where or 'none'}")
+        return held
+
     def _postgres_status(self) -> str:
         pg = self.postgres
         if not (pid := pg.pid()):
@@ -669,11 +873,11 @@ class Stack:
         return f"not answering (pid {pid})"
 
     def _service_status(self, name: str) -> str:
-        if not service_exists(name):
+        if not service_exists(_module(name)):
             return "not built"
         if not (pid := self._service_pid(name)):
-            return self._down(SERVICE_PORTS[name]) if self.state.services else "not started"
-        port = self.state.ports[SERVICE_PORTS[name]]
+            return self._down(_port_key(name)) if self.state.services else "not started"
+        port = self.state.ports[_port_key(name)]
         owner = listeners.owner(port, pid)
         if owner is Owner.OURS or (owner is Owner.UNKNOWN and listeners.accepts(port)):
             return f"up (pid {pid})"
@@ -693,7 +897,9 @@ class Stack:
             "kafka": self.root / "kafka" / "kafka.log",
             "postgres": self.root / "postgres" / "postgres.log",
         }
-        for name in SERVICES:
+        for folder in sorted((self.root / "kafka-cluster").glob("*")):
+            files[f"kafka-{folder.name}"] = folder / "kafka.log"
+        for name in self.instances():
             files[name] = self._service_paths(name)[1]
         return files
 
@@ -705,6 +911,27 @@ class Stack:
             if path.exists():
                 for line in path.read_text(errors="replace").splitlines()[-lines:] if lines > 0 else []:
                     yield line if raw else f"{name:<15} {line}"
+
+
+def _module(instance: str) -> str:
+    """The service an instance runs: ``router_worker-2`` → ``router_worker``."""
+    return instance.partition("-")[0]
+
+
+def _port_key(instance: str) -> str:
+    """The port name of an instance: ``router_worker`` → ``router_metrics``, ``-2`` → ``router_metrics_2``."""
+    module, _, number = instance.partition("-")
+    return SERVICE_PORTS[module] + (f"_{number}" if number else "")
+
+
+def _node_name(node: Broker) -> str:
+    return "kafka-controller" if node.roles == "controller" else f"kafka-{node.node_id}"
+
+
+def _node_port_key(node: Broker) -> str:
+    if node.roles == "controller":
+        return "kafka_controller"
+    return "kafka" if node.node_id == 1 else f"kafka_{node.node_id}"
 
 
 def _version() -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import ConsumerRecord
 
 from shared.contracts.topics import Topics
@@ -63,16 +64,52 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
 def make_consumer(
     settings: Settings, *topics: str, group_id: str | None, **overrides: Any
 ) -> AIOKafkaConsumer:
+    # The client id names the process, so that a group's description (``dev status``) says which
+    # worker holds which partitions.
+    defaults = CONSUMER_DEFAULTS | {
+        "client_id": f"{group_id or 'reader'}-{os.getpid()}",
+        "max_poll_interval_ms": int(settings.kafka_max_poll_interval_seconds * 1000),
+    }
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=group_id,
-        **(CONSUMER_DEFAULTS | overrides),
+        **(defaults | overrides),
     )
 
 
+def min_insync_replicas(replication_factor: int) -> int:
+    """A write is acknowledged (``acks=all``) once this many replicas have it: all but one, at
+    least one — 2 of 3, so one broker may be lost without losing a write or refusing one."""
+    return max(1, replication_factor - 1)
+
+
+def topic_config(replication_factor: int) -> dict[str, str]:
+    """Per-topic settings: a trace body may be up to MAX_BODY_BYTES (plus its envelope); no
+    unclean leader election (a replica that is not in sync never becomes leader: an acknowledged
+    write is never lost to one)."""
+    return TOPIC_CONFIG | {
+        "min.insync.replicas": str(min_insync_replicas(replication_factor)),
+        "unclean.leader.election.enable": "false",
+    }
+
+
+def creation_errors(response: Any) -> list[str]:
+    """What a CreateTopics response refused, topic by topic; "already exists" is no error (another
+    process created it first)."""
+    refused = []
+    for entry in getattr(response, "topic_errors", None) or getattr(response, "topics", None) or []:
+        name, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 and isinstance(entry[2], str) else ""
+        if code and code != TopicAlreadyExistsError.errno:
+            refused.append(f"{name}: {for_code(code).__name__}{': ' + message if message else ''}")
+    return refused
+
+
 async def ensure_topics(settings: Settings) -> Topics:
-    """Create the contract's topics if they are missing; existing ones are left as they are."""
+    """Create the contract's topics if they are missing (replication factor and min ISR from the
+    settings); existing ones are left as they are. A topic the cluster refuses (say, a replication
+    factor larger than the brokers it has) raises ``KafkaError`` instead of passing unnoticed."""
     topics = Topics.with_prefix(settings.kafka_topic_prefix)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
@@ -83,19 +120,54 @@ async def ensure_topics(settings: Settings) -> Topics:
                 name=name,
                 num_partitions=settings.kafka_topic_partitions,
                 replication_factor=settings.kafka_replication_factor,
-                topic_configs=TOPIC_CONFIG,
+                topic_configs=topic_config(settings.kafka_replication_factor),
             )
             for name in topics.all()
             if name not in existing
         ]
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
-                pass  # another process created them first
+                response = None  # another process created them first
+            if refused := creation_errors(response):
+                raise KafkaError(f"Kafka refused to create topics: {'; '.join(refused)}")
     finally:
         await admin.close()
     return topics
+
+
+async def describe_groups(
+    bootstrap_servers: str, groups: list[str], timeout: float = 10.0
+) -> list[tuple[str, str, dict[str, list[int]]]]:
+    """(group, member's client id, {topic: partitions}) of every member of ``groups`` now.
+
+    aiokafka 0.14 reads a DescribeGroups v3 answer with the v2 layout and fails ("Buffer underrun"),
+    so the request is capped at v2 here, sent through the admin client's private request call."""
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+    from aiokafka.protocol.admin import DescribeGroupsRequest, DescribeGroupsRequest_v2
+
+    class DescribeGroupsUpToV2(DescribeGroupsRequest):
+        def build(self, request_struct_class: Any) -> Any:
+            return DescribeGroupsRequest_v2(self._groups)
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000))
+    await asyncio.wait_for(admin.start(), timeout)
+    found: list[tuple[str, str, dict[str, list[int]]]] = []
+    try:
+        for wanted in groups:
+            coordinator = await admin.find_coordinator(wanted)
+            response = await admin._send_request(DescribeGroupsUpToV2([wanted]), coordinator)
+            for _error, name, _state, _type, _protocol, members in response.groups:
+                for _member, client_id, _host, _metadata, assignment in members:
+                    partitions: dict[str, list[int]] = {}
+                    if assignment:
+                        decoded = ConsumerProtocolMemberAssignment.decode(assignment)
+                        partitions = {topic: list(parts) for topic, parts in decoded.assignment}
+                    found.append((name, client_id, partitions))
+    finally:
+        await admin.close()
+    return found
 
 
 async def kafka_ready(bootstrap_servers: str, timeout: float = 5.0) -> bool:

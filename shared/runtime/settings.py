@@ -40,8 +40,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int, Meta(description="Partitions of each topic when the service creates it.")
     ] = 6
     kafka_replication_factor: Annotated[
-        int, Meta(description="Replication factor of each topic when the service creates it.")
+        int,
+        Meta(
+            description="Replication factor of each topic when the service creates it; its `min.insync.replicas` is one less (at least 1), and unclean leader election is off."
+        ),
     ] = 1
+    kafka_max_poll_interval_seconds: Annotated[
+        float,
+        Meta(
+            description="Longest a worker may take over one batch (a database outage, say) before its consumer leaves the group and its partitions go to the others; it rejoins when the batch is done."
+        ),
+    ] = 300.0
     ingest_host: Annotated[str, Meta(description="Address the ingest API listens on.")] = "0.0.0.0"
     ingest_port: Annotated[int, Meta(description="Port the ingest API listens on.")] = 8080
     ingest_workers: Annotated[

@@ -59,7 +59,40 @@ def lag_gauge(registry: CollectorRegistry, prefix: str) -> Gauge:
     )
 
 
+class ConsumerBroken(Exception):
+    """The consumer's group coordination died: it must be replaced (see ``_poll``)."""
+
+
+def _own_cancellation() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _poll(consumer: AIOKafkaConsumer, max_records: int) -> Batch:
+    """``getmany``. A consumer that stalled past ``max.poll.interval`` leaves its group; when its
+    commit then fails, aiokafka (0.14) can end the consumer's coordination task cancelled, and
+    from then on every ``getmany`` raises CancelledError at once, in a task nobody cancelled (a
+    tight loop, or a consume loop ending quietly). That is ``ConsumerBroken``: ``consume``
+    replaces the consumer. The task's own cancellation still propagates."""
+    try:
+        batch: Batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
+    except asyncio.CancelledError:
+        if _own_cancellation():
+            raise
+        raise ConsumerBroken("the consumer's group coordination ended (cancelled)") from None
+    return batch
+
+
 async def _record_lag(consumer: AIOKafkaConsumer, gauge: Gauge) -> None:
+    try:
+        await _lag(consumer, gauge)
+    except asyncio.CancelledError:
+        if _own_cancellation():
+            raise
+        raise ConsumerBroken("the consumer's position could not be read (cancelled)") from None
+
+
+async def _lag(consumer: AIOKafkaConsumer, gauge: Gauge) -> None:
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)
         if highwater is None:
@@ -91,7 +124,7 @@ async def run_batches(
 ) -> None:
     backoff = Backoff(initial=0.2)
     while not stop.is_set():
-        batch: Batch = await consumer.getmany(timeout_ms=500, max_records=max_records)
+        batch = await _poll(consumer, max_records)
         if not batch:
             if lag is not None:
                 await _record_lag(consumer, lag)
@@ -282,18 +315,75 @@ async def consume(
         if clients is None:
             return
         producer, consumer = clients
+        outputs = Outputs(settings, producer, lambda p: build(p, topics), stop)
+        step = outputs.step
         try:
             log.info("consuming", stage=stage.name, source=stage.source(topics), group=group)
             settle_heap()
-            await run_batches(
-                consumer,
-                build(producer, topics),
-                stop,
-                max_records=stage.batch_max,
-                lag=stage.lag,
-                name=stage.name,
-            )
+            while not stop.is_set():
+                try:
+                    await run_batches(
+                        consumer, step, stop, max_records=stage.batch_max, lag=stage.lag, name=stage.name
+                    )
+                except ConsumerBroken as exc:
+                    # What it had not committed is re-delivered to whoever holds the partitions next.
+                    log.warning("kafka consumer broken; replacing it", stage=stage.name, error=str(exc))
+                    await _close_quietly(consumer)
+                    fresh = await start_with_retry(
+                        lambda: make_consumer(settings, stage.source(topics), group_id=group, **stage.fetch),
+                        "consumer",
+                        stop,
+                    )
+                    if fresh is None:
+                        return
+                    consumer = fresh
         finally:
             log.info("stopping: last batch done and committed", stage=stage.name)
             await consumer.stop()
-            await producer.stop()
+            await outputs.producer.stop()
+
+
+class Outputs:
+    """A stage's producer and the step built on it; the producer is replaced when a step fails
+    with a Kafka error.
+
+    A record an idempotent producer had taken and then gave up (a batch whose partition had no
+    leader for ``request_timeout_ms``, ``LeaderNotAvailable`` while a broker restarts) leaves a gap
+    in its sequence numbers, after which the broker refuses every later batch of that partition
+    (``OutOfOrderSequenceNumber``) for as long as the producer lives: retrying the batch with it
+    would never succeed (ingest_api.enqueue does the same for its producer). The failed batch is
+    retried with a new producer (a new producer id); what the old one still held is dropped:
+    the batch's records are produced again and storage is idempotent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        build: Callable[[AIOKafkaProducer], Step],
+        stop: asyncio.Event,
+    ) -> None:
+        self._settings, self._build, self._stop = settings, build, stop
+        self.producer = producer
+        self._step = build(producer)
+
+    async def step(self, batch: Batch) -> None:
+        try:
+            await self._step(batch)
+        except KafkaError as exc:
+            log.warning("kafka error in a step; replacing the producer", error=repr(exc))
+            old = self.producer
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.stop(), 5)
+            fresh = await start_with_retry(lambda: make_producer(self._settings), "producer", self._stop)
+            if fresh is not None:
+                self.producer, self._step = fresh, self._build(fresh)
+            raise
+
+
+async def _close_quietly(consumer: AIOKafkaConsumer) -> None:
+    """Stop a broken consumer, bounded; what it raises on the way is of no interest any more."""
+    try:
+        await asyncio.wait_for(consumer.stop(), 10)
+    except (Exception, asyncio.CancelledError):
+        if _own_cancellation():
+            raise

@@ -51,7 +51,7 @@ def dev(root: Path, *args: str, timeout: float = 240) -> subprocess.CompletedPro
 
 def status_rows(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, str]]:
     rows = {}
-    for line in result.stdout.splitlines():
+    for line in result.stdout.split("\n\n")[0].splitlines():  # the partitions section follows
         name, rest = line.split(None, 1)
         state, _, where = rest.rpartition("  ")
         rows[name] = (state.strip(), where.strip())

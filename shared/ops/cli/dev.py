@@ -21,7 +21,18 @@ def up(args: argparse.Namespace) -> int:
     ``up`` that created it, and never again) or, later, with ``$MIBO_API_KEY`` from ``env``."""
     stack = _stack(args)
     demo: DemoMode = "auto" if args.demo is None else "on" if args.demo else "off"
-    stack.up(services=not args.no_services, demo=demo)  # no services: no demo
+    workers = {
+        name: count
+        for name, count in (("router_worker", args.routers), ("storage_worker", args.storage_workers))
+        if count is not None
+    }
+    stack.up(
+        services=not args.no_services,
+        demo=demo,  # no services: no demo
+        brokers=args.brokers,
+        workers=workers,
+        ingest_workers=args.ingest_workers,
+    )
     print()
     print(f"environment written to {stack.env_file}  (load it with: . {stack.env_file})")
     print(f"POST traces to {stack.ingest_url}/public/traces")
@@ -51,6 +62,8 @@ def status(args: argparse.Namespace) -> int:
     if rows[0][:2] == ("stack", "not created"):
         print(f"no stack in {stack.root}: `mibo-ingest dev up` creates one", file=sys.stderr)
         return 1
+    if args.partitions:
+        _print_assignments(stack)
     if problems := stack.problems(rows):
         print(
             f"not up: {', '.join(problems)}; `mibo-ingest dev up` starts what is down, "
@@ -59,6 +72,21 @@ def status(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _print_assignments(stack: Stack) -> None:
+    """Which worker process holds which partitions, per consumer group."""
+    try:
+        held = stack.assignments()
+    except Exception as exc:  # Kafka away: the rows above say so; this is extra
+        print(f"\npartitions: not known ({type(exc).__name__}: {exc})")
+        return
+    print("\npartitions (consumer group → topic: partitions)")
+    if not held:
+        print("  no consumer has joined a group yet")
+    for who, lines in sorted(held.items()):
+        for line in lines:
+            print(f"  {who:<36}  {line}")
 
 
 def logs(args: argparse.Namespace) -> int:
@@ -99,11 +127,26 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="the demo project, platforms and key (made once): by default on the stack's own "
         "PostgreSQL only; --demo also on a DATABASE_URL from the environment, --no-demo never",
     )
+    p.add_argument(
+        "--brokers",
+        type=int,
+        default=None,
+        help="Kafka brokers: 1 (default) or a cluster of N (a controller of its own, topics with "
+        "min(3, N) replicas, min.insync.replicas=replicas-1); changes need `dev down` first",
+    )
+    p.add_argument("--routers", type=int, default=None, help="router_worker processes (one group)")
+    p.add_argument("--storage-workers", type=int, default=None, help="storage_worker processes (one group)")
+    p.add_argument("--ingest-workers", type=int, default=None, help="ingest processes (INGEST_WORKERS)")
     p.set_defaults(handler=up)
     sub.add_parser("down", help="stop everything `up` started").set_defaults(handler=down)
-    sub.add_parser("status", help="what runs where; exits 1 when a component is down").set_defaults(
-        handler=status
+    p = sub.add_parser("status", help="what runs where; exits 1 when a component is down")
+    p.add_argument(
+        "--no-partitions",
+        dest="partitions",
+        action="store_false",
+        help="leave out which worker holds which partitions (asked of Kafka)",
     )
+    p.set_defaults(handler=status)
     p = sub.add_parser("logs", help="show (and follow) the components' logs")
     p.add_argument(
         "component", nargs="*", help="kafka, postgres, ingest_api, router_worker, storage_worker, console"
