@@ -114,6 +114,12 @@ def postgres_group(pid: int) -> list[int]:
     return [pid, *children(pid)]
 
 
+def offered_delay_ms(rate: float, connections: int, per_request: int) -> float:
+    """The wait before each request that makes ``connections`` offer about ``rate`` traces/s
+    (slightly less: each request's own latency adds to the wait)."""
+    return connections * per_request / rate * 1000 if rate > 0 else 0.0
+
+
 async def stored_count(conn: psycopg.AsyncConnection, project_id: uuid.UUID) -> int:
     cur = await conn.execute("SELECT count(*) FROM traces WHERE project_id = %s", (project_id,))
     row = await cur.fetchone()
@@ -202,7 +208,13 @@ async def pipeline(settings: Settings, args: argparse.Namespace, logs: Path) -> 
             sampler = asyncio.create_task(freshness_sampler(url, key, one, stop, fresh, failures))
             load = asyncio.create_task(
                 asyncio.to_thread(
-                    run_wrk, url + path, data, api_key=key, connections=args.connections, seconds=args.seconds
+                    run_wrk,
+                    url + path,
+                    data,
+                    api_key=key,
+                    connections=args.connections,
+                    seconds=args.seconds,
+                    delay_ms=offered_delay_ms(args.rate, args.connections, per_request),
                 )
             )
             lag: list[tuple[float, float]] = []
@@ -246,6 +258,7 @@ async def pipeline(settings: Settings, args: argparse.Namespace, logs: Path) -> 
         "traces_per_request": per_request,
         "connections": args.connections,
         "workers": args.workers,
+        "offered_rate": args.rate or None,
         "load_seconds": load_seconds,
         "requests": result.requests,
         "non2xx": result.non2xx,
@@ -278,6 +291,12 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="traces a request (0: the single endpoint)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="INGEST_WORKERS")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offered traces/s (each connection waits between requests; 0: as fast as it answers)",
+    )
     parser.add_argument("--count", type=int, default=20_000, help="traces of the bare baseline (0: skip it)")
     args = parser.parse_args()
     load_env_file()

@@ -11,6 +11,14 @@ if key and key ~= "" then
   wrk.headers["x-api-key"] = key
 end
 
+-- WRK_DELAY_MS: each connection waits that long before each request (bench/e2e.py --rate).
+local delay_ms = tonumber(os.getenv("WRK_DELAY_MS") or "0") or 0
+if delay_ms > 0 then
+  delay = function()
+    return delay_ms
+  end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -56,13 +56,20 @@ def run_wrk(
     seconds: float = 10.0,
     threads: int = 1,
     timeout_s: float = 10.0,
+    delay_ms: float = 0.0,
 ) -> WrkResult:
     """POST ``body`` to ``url`` over ``connections`` keep-alive connections for ``seconds``
-    (bounded: wrk stops by itself; the subprocess gets a hard bound on top)."""
+    (bounded: wrk stops by itself; the subprocess gets a hard bound on top). ``delay_ms``: each
+    connection waits that long before each request (an offered rate instead of a closed loop)."""
     with tempfile.NamedTemporaryFile(prefix="wrk-body-", suffix=".bin") as file:
         file.write(body)
         file.flush()
-        env = os.environ | {"WRK_BODY": file.name, "WRK_CONTENT_TYPE": content_type, "WRK_API_KEY": api_key}
+        env = os.environ | {
+            "WRK_BODY": file.name,
+            "WRK_CONTENT_TYPE": content_type,
+            "WRK_API_KEY": api_key,
+            "WRK_DELAY_MS": f"{delay_ms:g}",
+        }
         command = [
             wrk_path(),
             f"-t{threads}",

@@ -33,6 +33,7 @@ from aiohttp.web_request import BaseRequest
 
 from ingest_api.app import create_app
 from ingest_api.responses import Detail, error_body, json_response
+from shared.runtime.process import settle_heap
 from shared.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -297,6 +298,7 @@ async def serve(settings: Settings, *, reuse_port: bool, on_signal: Callable[[],
         log.exception("ingest api could not start; exiting", error=repr(exc))
         return EXIT_CANNOT_SERVE
     log.info("ingest api listening", host=host, port=port, pid=os.getpid())
+    settle_heap()
     await stop.wait()
     log.info("draining: no new connections, finishing in-flight requests, flushing the producer")
     bound = settings.shutdown_timeout_seconds * DRAIN_SHARE

