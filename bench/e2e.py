@@ -114,6 +114,17 @@ def postgres_group(pid: int) -> list[int]:
     return [pid, *children(pid)]
 
 
+async def settled_count(service: Service, name: str) -> float:
+    """``name``'s value once two reads half a second apart agree (no request in flight)."""
+    value = metric_value(service, name)
+    while True:
+        await asyncio.sleep(0.5)
+        again = metric_value(service, name)
+        if again == value:
+            return value
+        value = again
+
+
 def offered_delay_ms(rate: float, connections: int, per_request: int) -> float:
     """The wait before each request that makes ``connections`` offer about ``rate`` traces/s
     (slightly less: each request's own latency adds to the wait)."""
@@ -196,7 +207,9 @@ async def pipeline(settings: Settings, args: argparse.Namespace, logs: Path) -> 
             libpq_url(own.database_url), autocommit=True
         ) as conn:
             deadline = time.monotonic() + 60
-            accepted0 = metric_value(services["ingest"], "ingest_traces_accepted_total")
+            # wrk stops without waiting for its last requests, which are answered (and counted)
+            # all the same: the starting count is taken once the counter stands still.
+            accepted0 = await settled_count(services["ingest"], "ingest_traces_accepted_total")
             while await stored_count(conn, tenant.project_id) < accepted0 and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             stored0 = await stored_count(conn, tenant.project_id)
@@ -235,7 +248,7 @@ async def pipeline(settings: Settings, args: argparse.Namespace, logs: Path) -> 
             # when it stops, which are answered and stored all the same). Several: each has its own
             # counter, so wrk's count is the figure (a lower bound by the requests in flight).
             accepted = (
-                metric_value(services["ingest"], "ingest_traces_accepted_total") - accepted0
+                await settled_count(services["ingest"], "ingest_traces_accepted_total") - accepted0
                 if args.workers == 1
                 else result.ok * per_request + len(fresh) + len(failures)
             )
