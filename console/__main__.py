@@ -7,7 +7,6 @@ no ``DATABASE_URL``), 3 when the port cannot be bound.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 
@@ -15,8 +14,7 @@ import structlog
 from aiohttp import web
 
 from console.app import build_app
-from shared.runtime.logging import configure_logging
-from shared.runtime.process import EXIT_BAD_CONFIGURATION, EXIT_FAILED, EXIT_OK
+from shared.runtime.process import EXIT_BAD_CONFIGURATION, EXIT_FAILED, EXIT_OK, service_settings
 from shared.runtime.settings import Settings
 
 log = structlog.get_logger("console")
@@ -47,20 +45,11 @@ async def serve(settings: Settings) -> int:
 
 
 def main() -> int:
-    configure_logging(
-        os.environ.get("LOG_FORMAT", "auto"), os.environ.get("LOG_LEVEL", "info"), service="console"
-    )
-    try:
-        settings = Settings.from_env()
-    except SystemExit as exc:
-        log.error("invalid configuration; exiting", error=str(exc.code))
+    settings = service_settings("console")
+    if settings is None:
         return EXIT_BAD_CONFIGURATION
-    configure_logging(settings.log_format, settings.log_level, service="console")
     if not settings.admin_token:
         log.error("ADMIN_TOKEN is not set: the console signs operators in with it; exiting")
-        return EXIT_BAD_CONFIGURATION
-    if not settings.database_url:
-        log.error("DATABASE_URL is not set")
         return EXIT_BAD_CONFIGURATION
     try:
         return asyncio.run(serve(settings))

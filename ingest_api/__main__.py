@@ -19,8 +19,13 @@ import time
 import structlog
 
 from ingest_api.server import serve
-from shared.runtime.logging import configure_logging
-from shared.runtime.process import EXIT_BAD_CONFIGURATION, EXIT_FAILED, ExitWatchdog, exit_now
+from shared.runtime.process import (
+    EXIT_BAD_CONFIGURATION,
+    EXIT_FAILED,
+    ExitWatchdog,
+    exit_now,
+    service_settings,
+)
 from shared.runtime.settings import Settings
 
 log = structlog.get_logger("ingest_api")
@@ -129,21 +134,11 @@ def _run_many(settings: Settings) -> int:
 
 
 def main() -> int:
-    # Logging first, from the raw environment, so that a bad setting is logged like everything else.
-    configure_logging(
-        os.environ.get("LOG_FORMAT", "auto"), os.environ.get("LOG_LEVEL", "info"), service="ingest_api"
-    )
-    try:
-        settings = Settings.from_env()
-    except SystemExit as exc:
-        log.error("invalid configuration; exiting", error=str(exc.code))
+    settings = service_settings("ingest_api")
+    if settings is None:
         return EXIT_BAD_CONFIGURATION
-    configure_logging(settings.log_format, settings.log_level, service="ingest_api")
     if settings.uses_dev_pepper:
         log.warning("KEY_PEPPER is the built-in development default: set a secret of your own in production")
-    if not settings.database_url:
-        log.error("DATABASE_URL is not set")
-        return EXIT_BAD_CONFIGURATION
     if settings.ingest_workers > 1:
         return _run_many(settings)
     return _run_one(settings, reuse_port=True)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 
 import structlog
 
-from shared.runtime.logging import flush_logs
+from shared.runtime.logging import configure_logging, flush_logs
+from shared.runtime.settings import Settings, libpq_url
 
 log = structlog.get_logger(__name__)
 
@@ -110,3 +111,23 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+
+
+def service_settings(name: str) -> Settings | None:
+    """A service's start: logging first, from the raw environment (so a bad setting is logged
+    like everything else), then the settings, then logging as they say. ``None`` — logged, and
+    the caller exits ``EXIT_BAD_CONFIGURATION`` — for settings that cannot work, or no
+    ``DATABASE_URL`` (every service needs PostgreSQL)."""
+    configure_logging(os.environ.get("LOG_FORMAT", "auto"), os.environ.get("LOG_LEVEL", "info"), service=name)
+    service_log = structlog.get_logger(name)
+    try:
+        settings = Settings.from_env()
+        libpq_url(settings.database_url or "postgresql://")  # SystemExit for a URL of another kind
+    except SystemExit as exc:
+        service_log.error("invalid configuration; exiting", error=str(exc.code))
+        return None
+    configure_logging(settings.log_format, settings.log_level, service=name)
+    if not settings.database_url:
+        service_log.error("DATABASE_URL is not set")
+        return None
+    return settings

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -28,8 +27,7 @@ from shared.contracts.topics import Topics
 from shared.runtime import process
 from shared.runtime.backoff import Backoff, pause
 from shared.runtime.kafka import WORKER_FETCH, ensure_topics, make_consumer, make_producer
-from shared.runtime.logging import configure_logging
-from shared.runtime.settings import Settings, libpq_url
+from shared.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -209,19 +207,10 @@ def run_service(name: str, run: Callable[[Settings], Coroutine[Any, Any, None]])
     configuration (2), a metrics port that cannot be bound or any other error ``run`` raises (1).
     Brokers and databases that are away are not such errors: ``run`` retries them. From SIGTERM
     on, the process ends within ``SHUTDOWN_TIMEOUT_SECONDS`` (shared.runtime.process.ExitWatchdog)."""
-    # Logging first, from the raw environment, so that a bad setting is logged like everything else.
-    configure_logging(os.environ.get("LOG_FORMAT", "auto"), os.environ.get("LOG_LEVEL", "info"), service=name)
+    settings = process.service_settings(name)
+    if settings is None:
+        return process.EXIT_BAD_CONFIGURATION
     service_log = structlog.get_logger(name)
-    try:
-        settings = Settings.from_env()
-        libpq_url(settings.database_url or "postgresql://")  # SystemExit for a URL of another kind
-    except SystemExit as exc:
-        service_log.error("invalid configuration; exiting", error=str(exc.code))
-        return process.EXIT_BAD_CONFIGURATION
-    configure_logging(settings.log_format, settings.log_level, service=name)
-    if not settings.database_url:
-        service_log.error("DATABASE_URL is not set")
-        return process.EXIT_BAD_CONFIGURATION
     try:
         import uvloop
 
